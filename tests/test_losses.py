@@ -1,0 +1,80 @@
+"""The KD loss against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdsweep.losses import ce_loss, kd_loss
+
+STUDENT = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+TEACHER = torch.tensor([[3.0, 0.0, -2.0], [-1.0, 2.0, 1.0]], dtype=torch.float64)
+TARGETS = torch.tensor([0, 2])
+
+
+def softmax(row: list[float], temperature: float) -> list[float]:
+    exps = [math.exp(v / temperature) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def hand_kl(temperature: float) -> float:
+    """Mean over the batch of sum_i p_teacher_i * log(p_teacher_i / p_student_i), by hand."""
+    total = 0.0
+    for s_row, t_row in zip(STUDENT.tolist(), TEACHER.tolist()):
+        p_s, p_t = softmax(s_row, temperature), softmax(t_row, temperature)
+        total += sum(t * math.log(t / s) for s, t in zip(p_s, p_t))
+    return total / len(STUDENT)
+
+
+def hand_ce() -> float:
+    total = 0.0
+    for row, target in zip(STUDENT.tolist(), TARGETS.tolist()):
+        total -= math.log(softmax(row, 1.0)[target])
+    return total / len(STUDENT)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 16.0])
+def test_alpha_one_is_the_t_squared_scaled_kl_alone(temperature):
+    parts = kd_loss(STUDENT, TEACHER, TARGETS, temperature, alpha=1.0)
+    assert parts.total.item() == pytest.approx(temperature**2 * hand_kl(temperature), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 16.0])
+def test_alpha_zero_is_cross_entropy_alone(temperature):
+    parts = kd_loss(STUDENT, TEACHER, TARGETS, temperature, alpha=0.0)
+    assert parts.total.item() == pytest.approx(hand_ce(), rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7, 1.0])
+def test_one_formula_for_every_alpha(alpha):
+    temperature = 3.0
+    parts = kd_loss(STUDENT, TEACHER, TARGETS, temperature, alpha)
+    expected = alpha * temperature**2 * hand_kl(temperature) + (1 - alpha) * hand_ce()
+    assert parts.total.item() == pytest.approx(expected, rel=1e-5)
+    # The soft part keeps its T^2 factor even where alpha gives it no weight.
+    assert parts.soft.item() == pytest.approx(temperature**2 * hand_kl(temperature), rel=1e-5)
+    assert parts.hard.item() == pytest.approx(hand_ce(), rel=1e-6)
+
+
+def test_soft_term_is_zero_when_student_equals_teacher():
+    parts = kd_loss(TEACHER, TEACHER, TARGETS, 4.0, alpha=1.0)
+    assert parts.total.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_t_squared_keeps_soft_gradients_on_the_scale_of_hard_ones():
+    # Without T^2 the soft gradient shrinks like 1/T^2 at high T; with it, it stays O(1).
+    def soft_grad_norm(temperature: float) -> float:
+        student = STUDENT.clone().requires_grad_(True)
+        kd_loss(student, TEACHER, TARGETS, temperature, alpha=1.0).total.backward()
+        return student.grad.norm().item()
+
+    ratio = soft_grad_norm(16.0) / soft_grad_norm(4.0)
+    assert 0.5 < ratio < 2.0
+
+
+def test_ce_loss_has_no_soft_part():
+    parts = ce_loss(STUDENT, TARGETS)
+    assert parts.total.item() == pytest.approx(hand_ce(), rel=1e-6)
+    assert parts.soft.item() == 0.0
