@@ -35,7 +35,7 @@ def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False, check: bool
         *overrides,
     ]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc

@@ -1,0 +1,70 @@
+"""Every file of every config group composes, and its networks build and run on its data's shape."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF
+
+GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
+INPUT_SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28)}
+
+
+def compose_config(*overrides: str, return_hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def test_each_group_holds_the_files_the_docs_name():
+    assert GROUPS == {"data": ["digits", "fashion_mnist", "mnist"], "model": ["cnn", "hinton", "mlp"], "loss": ["ce", "kd"]}
+
+
+@pytest.mark.parametrize("data,model,loss", list(itertools.product(*GROUPS.values())))
+def test_every_combination_composes_and_resolves(data, model, loss):
+    cfg = compose_config(f"data={data}", f"model={model}", f"loss={loss}")
+    container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert container["data"]["name"] == data and container["loss"]["name"] == loss
+    assert container["train"]["epochs"] == container["data"]["student_epochs"]
+    assert container["model"]["teacher"]["epochs"] == container["data"]["teacher_epochs"]
+
+
+@pytest.mark.parametrize("data,model", list(itertools.product(GROUPS["data"], GROUPS["model"])))
+def test_every_pair_builds_for_its_data_shape(data, model):
+    cfg = compose_config(f"data={data}", f"model={model}")
+    shape = INPUT_SHAPES[data]
+    batch = torch.zeros(2, *shape)
+    for node in (cfg.model.teacher.net, cfg.model.student):
+        net = instantiate(node, input_shape=shape, num_classes=10)
+        assert net(batch).shape == (2, 10)
+
+
+def test_student_width_and_depth_are_plain_command_line_keys():
+    cfg = compose_config("model.student.width=32", "model.student.depth=2")
+    net = instantiate(cfg.model.student, input_shape=(1, 8, 8), num_classes=10)
+    assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)] == [32, 32, 10]
+
+
+def test_the_default_is_a_cnn_teacher_and_an_mlp_student_on_digits():
+    cfg = compose_config()
+    assert cfg.data.name == "digits" and cfg.loss.name == "kd"
+    assert cfg.model.teacher.net._target_.endswith("SmallCNN") and cfg.model.student._target_.endswith("MLP")
+
+
+def test_the_sweeper_has_every_option_written_out():
+    sweeper = compose_config(return_hydra_config=True).hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("maximize", 20, 1)
+    assert 0 < sweeper.max_failure_rate < 1
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
+    assert dict(sweeper.params) == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
+
+
+def test_the_basic_sweeper_replaces_optuna_for_grids():
+    sweeper = compose_config("hydra/sweeper=basic", return_hydra_config=True).hydra.sweeper
+    assert sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

@@ -1,0 +1,84 @@
+"""Single runs through the real CLI: metrics.json, the teacher cache, checkpoints, reproducibility."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import read_metrics, run_cli
+from kdsweep.models import SmallCNN
+
+
+def test_a_run_writes_complete_metrics(tmp_path, tiny):
+    run_cli(tmp_path, *tiny, "loss.temperature=3", "loss.alpha=0.6")
+    metrics = read_metrics(tmp_path / "run")
+    config, results = metrics["config"], metrics["results"]
+    assert (config["temperature"], config["alpha"], config["loss"], config["data"]) == (3.0, 0.6, "kd", "digits")
+    assert (config["student_width"], config["student_depth"], config["epochs"], config["seed"]) == (16, 1, 2, 0)
+    assert config["student_params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert config["teacher_params"] > config["student_params"]
+    for key in ("best_val_acc", "test_acc", "teacher_val_acc", "teacher_test_acc", "agreement",
+                "baseline_val_acc", "baseline_test_acc"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["gain"] == results["test_acc"] - results["baseline_test_acc"]
+    assert results["best_val_acc"] == max(h["val_acc"] for h in metrics["history"])
+    assert results["best_epoch"] in (1, 2)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert set(metrics["history"][0]) == {"epoch", "loss", "soft", "hard", "val_acc"}
+    assert metrics["timings"]["teacher_source"] == "trained"
+    assert set(metrics["versions"]) >= {"torch", "hydra-core", "optuna", "kdsweep", "python"}
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_second_run_loads_the_cached_teacher(tmp_path, tiny):
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "first"))
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "second"), "loss.temperature=8")
+    first, second = read_metrics(tmp_path / "first"), read_metrics(tmp_path / "second")
+    assert first["timings"]["teacher_source"] == "trained"
+    assert second["timings"]["teacher_source"] == "cache"
+    assert second["results"]["teacher_test_acc"] == first["results"]["teacher_test_acc"]
+    assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1
+
+
+def test_a_changed_teacher_setting_trains_a_new_teacher(tmp_path, tiny):
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "first"))
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "second"), "model.teacher.lr=0.002")
+    assert read_metrics(tmp_path / "second")["timings"]["teacher_source"] == "trained"
+    assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 2
+
+
+def test_a_user_checkpoint_is_used_as_the_teacher(tmp_path, tiny):
+    torch.manual_seed(123)
+    teacher = SmallCNN((1, 8, 8), 10, channels=(32, 64), hidden=128)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    run_cli(tmp_path, *tiny, f"teacher.checkpoint={tmp_path / 'teacher.pt'}")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["timings"]["teacher_source"] == "checkpoint"
+    assert not (tmp_path / "cache" / "teacher").exists()
+    # An untrained network of random weights: its accuracy is near chance, which a trained teacher's is not.
+    assert metrics["results"]["teacher_test_acc"] < 0.3
+
+
+def test_same_config_and_seed_give_the_same_numbers(tmp_path, tiny):
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "a"))
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "b"))
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "c"), "seed=1")
+    a, b, c = (read_metrics(tmp_path / name) for name in "abc")
+    assert a["history"] == b["history"] and a["results"] == b["results"]
+    assert a["history"] != c["history"]
+
+
+def test_the_baseline_run_is_plain_cross_entropy_without_a_teacher(tmp_path, tiny):
+    run_cli(tmp_path, *tiny, "loss=ce")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["config"]["loss"] == "ce" and metrics["config"]["temperature"] is None
+    assert metrics["results"]["agreement"] is None and "gain" not in metrics["results"]
+    assert all(h["soft"] == 0.0 and h["loss"] == h["hard"] for h in metrics["history"])
+    assert not (tmp_path / "cache" / "teacher").exists()
+
+
+def test_the_paired_baseline_equals_a_direct_ce_run(tmp_path, tiny):
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "kd"))
+    run_cli(tmp_path, *tiny, "hydra.run.dir=" + str(tmp_path / "ce"), "loss=ce", f"cache_dir={tmp_path / 'other'}")
+    kd, ce = read_metrics(tmp_path / "kd")["results"], read_metrics(tmp_path / "ce")["results"]
+    assert kd["baseline_val_acc"] == ce["best_val_acc"] and kd["baseline_test_acc"] == ce["test_acc"]
+    assert kd["gain"] == kd["test_acc"] - ce["test_acc"]
