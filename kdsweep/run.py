@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
@@ -52,6 +54,35 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """One trial from a composed config; returns the best val accuracy to the sweeper."""
     return run_trial(settings_from_config(cfg), output_dir)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot be created or written, or None; creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        return f"{existing} is {'on a read-only file system' if read_only else 'not writable by this user'}"
+    return None
+
+
+class CheckOutputFolder(Callback):
+    """Refuse an output folder that cannot be written before Hydra creates anything in it."""
+
+    def _check(self, key: str, folder: str) -> None:
+        why = _unwritable(Path(folder).absolute())
+        if why is not None:
+            sys.exit(f"kdsweep: error: {key}={folder} cannot be written: {why}. Set {key} to a writable "
+                     "folder (it is created if missing).")
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
 def _remove_unfinished_run_dir(output_dir: Path) -> None:
