@@ -171,19 +171,26 @@ def claim_lock(storage: Any, url: str | None, study_name: str) -> Iterator[None]
         with file_lock(Path(url[len("sqlite:///"):] + ".kdsweep.lock")):
             yield
         return
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
-    if engine is not None and engine.dialect.name == "postgresql":
-        import sqlalchemy
+    import sqlalchemy
 
-        key = int(hashlib.sha256(f"kdsweep:{study_name}".encode()).hexdigest()[:15], 16)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        return
-    yield
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    own_engine = engine is None and url is not None and url.startswith("postgresql")
+    if own_engine:  # before the storage exists
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        if engine is not None and engine.dialect.name == "postgresql":
+            key = int(hashlib.sha256(f"kdsweep:{study_name}".encode()).hexdigest()[:15], 16)
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            return
+        yield
+    finally:
+        if own_engine:
+            engine.dispose()
 
 
 # --------------------------------------------------------------------------- the sweeper
@@ -287,7 +294,9 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
                     Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
                 # A long SQLite timeout: workers sharing one file wait for each other's writes.
                 engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                # Under the lock: two workers creating one new database at once would race on its schema.
+                with claim_lock(None, url, "schema"):
+                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
             except Exception as e:
                 detail = _first_paragraph(e).splitlines()[0]
                 password = url_password(url)
