@@ -244,3 +244,15 @@ def test_submitit_local_runs_a_sweep(tmp_path, tiny):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for t in trials:
         check_complete_trial(t, tmp_path / "sweep")
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://kdsweep:s3cr@t:x@db.example:5432/kd", "postgresql://kdsweep:***@db.example:5432/kd"),
+    ("postgresql+psycopg2://u:p@h/d", "postgresql+psycopg2://u:***@h/d"),
+    ("postgresql://u@h/d", "postgresql://u@h/d"),
+    ("sqlite:////tmp/outputs/optuna.db", "sqlite:////tmp/outputs/optuna.db"),
+])
+def test_a_storage_url_is_shown_without_its_password(url, shown):
+    from hydra_plugins.kdsweep_sweeper._impl import redact_url
+
+    assert redact_url(url) == shown
