@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -58,7 +60,13 @@ def test_the_default_is_a_cnn_teacher_and_an_mlp_student_on_digits():
 
 def test_the_sweeper_has_every_option_written_out():
     sweeper = compose_config(return_hydra_config=True).hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper")
+    # kdsweep's own thin sweeper on top of the official one (hydra_plugins/kdsweep_sweeper).
+    assert sweeper._target_ == "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KDSweepSweeper"
+    written = yaml.safe_load((CONF / "hydra" / "sweeper" / "kdsweep.yaml").read_text())
+    from hydra_plugins.kdsweep_sweeper.config import KDSweepSweeperConf
+
+    assert set(written) == {f.name for f in dataclasses.fields(KDSweepSweeperConf)} - {"_target_"}
+    assert sweeper.storage is None and sweeper.study_name is None  # sqlite under outputs/, named after the experiment
     assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("maximize", 20, 1)
     assert 0 < sweeper.max_failure_rate < 1
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
