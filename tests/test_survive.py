@@ -256,3 +256,18 @@ def test_a_storage_url_is_shown_without_its_password(url, shown):
     from hydra_plugins.kdsweep_sweeper._impl import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_trials_left_running_by_a_worker_on_another_host_are_failed_once_its_heartbeat_is_stale(tmp_path, tiny):
+    url = sqlite_url(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    study = optuna.create_study(study_name="left-behind", storage=url, direction="maximize")
+    stale = study.ask()  # a worker elsewhere that died 10 minutes ago
+    stale.set_user_attr("kdsweep_worker", {"host": "node-17", "pid": 4242, "started": "1", "heartbeat": time.time() - 600})
+    study.ask()  # asked by a sweeper that records no worker (the official one), then abandoned
+    run_cli(tmp_path, *tiny, "hydra.sweeper.study_name=left-behind", "hydra.sweeper.n_trials=1", multirun=True)
+    trials = the_study(url, "left-behind").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"].startswith("interrupted: its worker (pid 4242 on node-17) sent no heartbeat for 6")
+    assert trials[1].user_attrs["fail_reason"].startswith("interrupted: it records no worker")
+    assert folders(tmp_path / "sweep") == ["2"]
