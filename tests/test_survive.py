@@ -57,14 +57,12 @@ def wait_for_running_trial(url: str, number: int, proc: subprocess.Popen, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep ended before the trial started"
-        try:
+        # The folder first: opening the study before the sweep has created its database would race it.
+        if (url_sweep(url) / str(number) / ".hydra" / "overrides.yaml").exists():
             trials = the_study(url).get_trials(deepcopy=False)
-        except Exception:  # the database or the study does not exist yet
-            trials = []
-        job_started = (url_sweep(url) / str(number) / ".hydra" / "overrides.yaml").exists()
-        if len(trials) > number and trials[number].state == TrialState.RUNNING and job_started:
-            time.sleep(0.5)  # into the training
-            return
+            if trials[number].state == TrialState.RUNNING:
+                time.sleep(0.5)  # into the training
+                return
         time.sleep(0.1)
     raise AssertionError(f"trial {number} never ran")
 

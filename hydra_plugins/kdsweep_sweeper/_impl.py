@@ -296,7 +296,7 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
                 engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
                 # Under the lock: two workers creating one new database at once would race on its schema.
                 with claim_lock(None, url, "schema"):
-                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                    storage = _rdb_storage(url, engine_kwargs)
             except Exception as e:
                 detail = _first_paragraph(e).splitlines()[0]
                 password = url_password(url)
@@ -343,11 +343,12 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
         except (RuntimeError, ValueError):  # finished meanwhile (another worker got there first)
             pass
 
-    def _errors(self, study: optuna.Study) -> list[FrozenTrial]:
-        """Failed trials that failed by their own fault (interrupted ones do not count)."""
+    def _errors(self, study: optuna.Study, since: int) -> list[FrozenTrial]:
+        """Trials numbered `since` or later that failed by their own fault (interrupted ones do not
+        count): a rerun after fixing the cause starts with a fresh budget."""
         return [
             t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if not str(t.user_attrs.get(REASON_ATTR, "")).startswith(INTERRUPTED)
+            if t.number >= since and not str(t.user_attrs.get(REASON_ATTR, "")).startswith(INTERRUPTED)
         ]
 
     def _reseed(self, number: int) -> None:
@@ -424,6 +425,7 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
         sweep_subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
         number_folders = sweep_subdir == "${hydra.job.num}"  # the default: name folders by trial number
         budget = self.max_failure_rate * self.n_trials
+        since = len(study.get_trials(deepcopy=False))
         heartbeat = Heartbeat(study, self.heartbeat_interval)
         previous_term = signal.getsignal(signal.SIGTERM)
         if threading.current_thread() is threading.main_thread():
@@ -467,10 +469,10 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
                     raise
                 finally:
                     heartbeat.track([])
-                errors = self._errors(study)
+                errors = self._errors(study, since)
                 if len(errors) > budget:
                     raise KDSweepError(
-                        f"{len(errors)} trials of study {name} failed, more than max_failure_rate="
+                        f"{len(errors)} trials of study {name} failed since this worker started, more than max_failure_rate="
                         f"{self.max_failure_rate} x n_trials={self.n_trials} allows; the last said: "
                         f"{errors[-1].user_attrs.get(REASON_ATTR)} Fix the cause and run the same command "
                         "again: the finished trials are kept (or raise hydra.sweeper.max_failure_rate)."
@@ -493,6 +495,19 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
             results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials]}
         text = OmegaConf.to_yaml(OmegaConf.create(results))
         atomic_write(Path(str(self.config.hydra.sweep.dir)) / "optimization_results.yaml", lambda f: f.write(text), mode="w")
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], tries: int = 3) -> optuna.storages.RDBStorage:
+    """Open an RDB storage; retry when another program (a dashboard, `optuna` CLI) creates its schema."""
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as e:
+            racing = any(s in str(e) for s in ("already exists", "UNIQUE constraint", "database is locked"))
+            if not racing or attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
