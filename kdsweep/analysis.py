@@ -300,20 +300,21 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
 def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
     """Mean val accuracy (solid, +-1 std) and test accuracy (dashed) against T or alpha, per group."""
     curve = study.by_temperature if column == "temperature" else study.by_alpha
-    fig, (ax,) = _figure()
+    fig, (ax,) = _figure(width=7.0)
     vary = _varying(curve, study.by)
     groups = curve.groupby(vary, dropna=False, sort=True) if vary else [((), curve)]
-    for _, c in groups:
+    for i, (_, c) in enumerate(groups):
         c = c.sort_values(column)
-        line = ax.errorbar(c[column], c["val_acc"], yerr=c["val_std"].fillna(0), marker="o", capsize=3,
-                           label=f"{_label(c.iloc[0], vary)} val" if vary else "val")
-        ax.plot(c[column], c["test_acc"], linestyle="--", marker=".", color=line[0].get_color(),
-                label=f"{_label(c.iloc[0], vary)} test" if vary else "test")
+        ax.errorbar(c[column], c["val_acc"], yerr=c["val_std"].fillna(0), marker="o", capsize=3, color=f"C{i}",
+                    label=_label(c.iloc[0], vary) if vary else None)
+        ax.plot(c[column], c["test_acc"], linestyle="--", marker=".", color=f"C{i}")
     if column == "temperature":
         _log2_axis(ax, curve["temperature"])
     ax.set(xlabel="temperature T" if column == "temperature" else "alpha (weight of the soft term)",
-           ylabel="accuracy (mean over trials)", title=f"accuracy against {column}")
-    ax.legend(fontsize="small")
+           ylabel="accuracy (mean over trials)",
+           title=f"accuracy against {column}\nsolid: val accuracy +-1 std; dashed: test accuracy")
+    if vary:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
 
 
@@ -330,11 +331,12 @@ def plot_gain_vs_size(sizes: pd.DataFrame) -> Figure:
         acc.errorbar(s["student_params"], s["distilled_test_acc"], yerr=s["distilled_test_std"].fillna(0), marker="s",
                      capsize=3, label=f"{name}distilled (best T, alpha)")
         gain.errorbar(s["student_params"], s["gain"], yerr=s["gain_std"].fillna(0), marker="o", capsize=3, label=name or None)
-        for x, w in zip(s["student_params"], s["student_width"]):
-            gain.annotate(f"width {w}", (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize="small")
+        for x, w, top in zip(s["student_params"], s["student_width"], s["gain"] + s["gain_std"].fillna(0)):
+            gain.annotate(f"width {w}", (x, top), textcoords="offset points", xytext=(0, 6), ha="center", fontsize="small")
     if "teacher_test_acc" in sizes and sizes["teacher_test_acc"].notna().any():
         acc.axhline(sizes["teacher_test_acc"].mean(), color="grey", linestyle=":", label="teacher")
     gain.axhline(0, color="grey", linewidth=1)
+    gain.margins(y=0.12)  # room for the width labels above the error bars
     for ax in (acc, gain):
         ax.set_xscale("log")
         ax.set_xlabel("student parameters")
