@@ -75,9 +75,13 @@ def _trial_folders(paths: Iterable[str | os.PathLike]) -> list[Path]:
             if "metrics.json" in files or ".hydra" in subfolders:
                 folders.append(Path(folder))
             subfolders[:] = [d for d in subfolders if d != ".hydra"]
-        # In the order of `paths`, and within each in the sweep's order: trial 10 after trial 9, not after 1.
-        found.update(dict.fromkeys(sorted(folders, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.parts])))
+        found.update(dict.fromkeys(sorted(folders, key=_sweep_order)))  # in the order of `paths`, then the sweep's
     return list(found)
+
+
+def _sweep_order(folder: Path) -> list[tuple[int, int, str]]:
+    """Trial 10 after trial 9, not after trial 1."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in folder.parts]
 
 
 def _read_trial(folder: Path) -> dict[str, Any] | None:
@@ -130,7 +134,8 @@ def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStud
     kd = _kd(df)
     by = _keys(kd, by)
     points = _accuracy_table(kd, [*by, "temperature", "alpha"])
-    best = points.loc[points.groupby(by, dropna=False, sort=False)["val_acc"].idxmax()].reset_index(drop=True)
+    best_rows = points.groupby(by, dropna=False, sort=False)["val_acc"].idxmax() if by else [points["val_acc"].idxmax()]
+    best = points.loc[best_rows].reset_index(drop=True)
     return TAlphaStudy(
         by=by, points=points, best=best,
         by_temperature=_marginal(kd, by, "temperature", log=True),
