@@ -134,7 +134,10 @@ def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStud
     kd = _kd(df)
     by = _keys(kd, by)
     points = _accuracy_table(kd, [*by, "temperature", "alpha"])
-    best_rows = points.groupby(by, dropna=False, sort=False)["val_acc"].idxmax() if by else [points["val_acc"].idxmax()]
+    # Accuracies are float32 fractions k/n: equal means of different counts differ by ~1e-8 of noise,
+    # which must not break a tie; real differences (>= 1/(n * seeds)) are far above 1e-6.
+    score = points["val_acc"].round(6)
+    best_rows = score.groupby([points[k] for k in by], dropna=False, sort=False).idxmax() if by else [score.idxmax()]
     best = points.loc[best_rows].reset_index(drop=True)
     return TAlphaStudy(
         by=by, points=points, best=best,
@@ -272,11 +275,11 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 5.5, height: float = 
     return fig, np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
 
 
-def _log2_axis(ax: Any, values: pd.Series) -> None:
-    """T on a log scale, labelled with the grid's own values when there are few."""
+def _log_axis(ax: Any, values: pd.Series, base: int = 2) -> None:
+    """A log-scale x axis, labelled with the grid's own values when there are few."""
     from matplotlib.ticker import ScalarFormatter
 
-    ax.set_xscale("log", base=2)
+    ax.set_xscale("log", base=base)
     if values.nunique() <= 8:
         ax.set_xticks(sorted(values.unique()))
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -292,11 +295,11 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
         best = points.loc[points["val_acc"].idxmax()]
         dots = ax.scatter(points["temperature"], points["alpha"], c=points["val_acc"], cmap="viridis", s=60, edgecolors="k")
         ax.scatter([best["temperature"]], [best["alpha"]], marker="*", s=500, facecolors="none", edgecolors="red", linewidths=2)
-        _log2_axis(ax, points["temperature"])
+        _log_axis(ax, points["temperature"])
         ax.margins(0.12)
         ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft term)",
                title=f"{_label(best, vary)}\nbest (red star): T={best['temperature']:g}, alpha={best['alpha']:g}, val {best['val_acc']:.4f}")
-        fig.colorbar(dots, ax=ax, label="val accuracy (mean over seeds)")
+        fig.colorbar(dots, ax=ax, label="val accuracy (mean over seeds)", format="%.4f")
     for ax in axes[len(groups):]:
         ax.set_visible(False)
     return fig
@@ -314,7 +317,7 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
                     label=_label(c.iloc[0], vary) if vary else None)
         ax.plot(c[column], c["test_acc"], linestyle="--", marker=".", color=f"C{i}")
     if column == "temperature":
-        _log2_axis(ax, curve["temperature"])
+        _log_axis(ax, curve["temperature"])
     ax.set(xlabel="temperature T" if column == "temperature" else "alpha (weight of the soft term)",
            ylabel="accuracy (mean over trials)",
            title=f"accuracy against {column}\nsolid: val accuracy +-1 std; dashed: test accuracy")
@@ -343,7 +346,7 @@ def plot_gain_vs_size(sizes: pd.DataFrame) -> Figure:
     gain.axhline(0, color="grey", linewidth=1)
     gain.margins(y=0.12)  # room for the width labels above the error bars
     for ax in (acc, gain):
-        ax.set_xscale("log")
+        _log_axis(ax, sizes["student_params"], base=10)
         ax.set_xlabel("student parameters")
     acc.set(ylabel="test accuracy (mean over seeds)", title="student accuracy by size")
     gain.set(ylabel="gain in test accuracy", title="what distillation adds (mean +- 1 std over seeds)")
@@ -373,13 +376,14 @@ def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = N
             figures["gain_vs_student_size"] = plot_gain_vs_size(tables["student_size"])
         except ValueError as e:  # no baselines: the T/alpha study stands alone
             print(f"(no student-size study: {e})")
-    written = {}
+    written = {}  # files first, so that a closed pipe (| head) cannot cut the report short
     for name, table in tables.items():
         table.to_csv(written.setdefault(f"{name}.csv", out / f"{name}.csv"), index=False)
-        if name not in ("trials", "t_alpha_points"):
-            _print_table(name, table)
     for name, fig in figures.items():
         fig.savefig(written.setdefault(f"{name}.png", out / f"{name}.png"), dpi=120)
+    for name, table in tables.items():
+        if name not in ("trials", "t_alpha_points"):  # too long to read on a terminal; see the CSVs
+            _print_table(name, table)
     print(f"\n{len(trials)} trials; wrote {', '.join(written)} to {out}")
     return written
 

@@ -138,6 +138,17 @@ def test_the_best_t_alpha_is_chosen_on_mean_val_accuracy_per_student(sweep):
     assert len(study.points) == 4 + 2
 
 
+def test_a_tie_goes_to_the_smaller_t_even_through_float32_noise(tmp_path):
+    # Equal correct counts over two seeds, as float32 fractions: the means differ by ~1e-8 alone.
+    write_trial(tmp_path / "0", T=2.0, alpha=0.5, val=0.3426183760166168, test=0.1)  # float32(123/359)
+    write_trial(tmp_path / "1", T=2.0, alpha=0.5, seed=1, val=0.3398328721523285, test=0.1)  # float32(122/359)
+    write_trial(tmp_path / "2", T=8.0, alpha=0.5, val=0.33704736828804016, test=0.9)  # float32(121/359)
+    write_trial(tmp_path / "3", T=8.0, alpha=0.5, seed=1, val=0.34540390968322754, test=0.9)  # float32(124/359)
+    study = analysis.optimal_t_alpha(analysis.load_trials(tmp_path))
+    assert study.points["val_acc"].iloc[1] > study.points["val_acc"].iloc[0]  # T=8 ahead by noise alone
+    assert list(study.best["temperature"]) == [2.0]
+
+
 def test_marginal_curves_average_over_the_other_parameter(sweep):
     study = analysis.optimal_t_alpha(analysis.load_trials(sweep))
     by_t = study.by_temperature[study.by_temperature["student_width"] == 8].set_index("temperature")
