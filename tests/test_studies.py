@@ -64,3 +64,10 @@ def test_a_command_line_sweep_adds_to_the_preset(tmp_path, tiny):
     run_cli(tmp_path, *tiny, "+study=alpha_grid", "seed=0,1", multirun=True)
     trials = [read_metrics(p)["config"] for p in trial_folders(tmp_path / "sweep")]
     assert sorted((c["alpha"], c["seed"]) for c in trials) == sorted(itertools.product((0.3, 0.5, 0.7, 0.9), (0, 1)))
+
+
+def test_the_baseline_companion_runs_the_same_students_with_cross_entropy():
+    students = grid(hydra_config("+study=student_size"))
+    cfg = hydra_config("+study=student_size_ce")
+    assert cfg.hydra.sweeper._target_ == BASIC and cfg.loss.name == "ce" and cfg.loss.temperature is None
+    assert grid(cfg) == {k: students[k] for k in ("model.student.width", "seed")}
