@@ -155,6 +155,15 @@ def test_train_trials_matches_fit_student(cache_dir):
         assert bt.inputs.timings["batched_trials"] == 3
 
 
+def test_cross_entropy_trials_of_different_seeds_are_batched_too(cache_dir):
+    all_settings = settings_for(cache_dir, trials=[(4.0, 0.5, 0), (4.0, 0.5, 1)], extra=["loss=ce"])
+    for s, bt in zip(all_settings, batched.train_trials(all_settings)):
+        inputs = trial.trial_inputs(s)
+        assert inputs.teacher_logits is None
+        single = trial.fit_student(s, inputs, trial.new_student(s, inputs.data))
+        assert_same_history(single.history, bt.outcome.history)
+
+
 def test_a_cnn_student_is_batched_through_the_same_generic_path(cache_dir):
     # model=cnn's teacher as the student too: conv layers under vmap.
     extra = ["+model.student.channels=[4,8]", "+model.student.hidden=16", "model.student._target_=kdsweep.models.SmallCNN",
