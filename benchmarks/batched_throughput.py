@@ -6,7 +6,8 @@ Fashion-MNIST, student 784-128-10 (model=mlp), batch 64, one torch thread by def
 the machine's cores are shared, and one thread keeps the variants comparable). Prints:
 
 1. per-step time of one trial (`train.fit`) against K stacked trials (`batched.fit_batch`), K = 1, 8,
-   16; the target is a K = 8 step costing at most 3x one trial's;
+   16, with the fused Adam the launcher uses, and K = 8 with the plain Adam a single run uses; the
+   target is a K = 8 step costing at most 3x one trial's;
 2. sweep throughput, trials per minute, of the same Optuna trials (all from the seeded random
    sampler, so every variant trains the same T and alpha) with the basic launcher and with
    `hydra/launcher=kdsweep_batched` at n_jobs K = 1, 4, 8, 16. The time is the sweep's own, from
@@ -61,7 +62,7 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
     data = inputs.data
     val = Split(data.val.x[:256], data.val.y[:256])  # a small val set: the time is the steps'
     steps = math_ceil(len(data.train), 64)
-    times: dict[str, list[float]] = {"one trial": []} | {f"K={k}": [] for k in ks}
+    times: dict[str, list[float]] = {"one trial": []} | {f"K={k}": [] for k in ks} | {"K=8 plain": []}
     for _ in range(args.repeats):
         s = settings[0]
         student = trial.new_student(s, data)
@@ -71,7 +72,8 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
                      lambda z, idx: kd_loss_from_log_probs(z, soft[idx], data.train.y[idx], s.loss.temperature, s.loss.alpha),
                      optimizer, val, epochs=1, batch_size=64, generator=torch.Generator().manual_seed(0))
         times["one trial"].append(result.seconds / steps * 1e3)
-        for k in ks:
+        for name in list(times)[1:]:
+            k = int(name.split()[0][2:])
             group = settings[:k]
             softs = torch.stack([teacher_log_probs(inputs.teacher_logits.train, x.loss.temperature) for x in group])
             loss_fn = batched.kd_losses(softs, data.train.y, torch.tensor([x.loss.temperature for x in group]),
@@ -79,9 +81,9 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
             outcomes = batched.fit_batch(
                 [trial.new_student(x, data) for x in group], data.train.x, loss_fn, s.make_optimizer, val,
                 lr=s.train.lr, weight_decay=0.0, epochs=1, batch_size=64,
-                generators=[torch.Generator().manual_seed(x.seed) for x in group],
+                generators=[torch.Generator().manual_seed(x.seed) for x in group], fused="plain" not in name,
             )
-            times[f"K={k}"].append(outcomes[0].seconds / steps * 1e3)
+            times[name].append(outcomes[0].seconds / steps * 1e3)
     return times
 
 
@@ -156,7 +158,7 @@ def main() -> None:
               f"(median of {args.repeats}):")
         print(f"{'variant':<12}{'ms/step':>10}{'ms/step/trial':>16}{'x one trial':>13}")
         for name, values in times.items():
-            k = 1 if name == "one trial" else int(name[2:])
+            k = 1 if name == "one trial" else int(name.split()[0][2:])
             med = statistics.median(values)
             print(f"{name:<12}{med:>10.2f}{med / k:>16.2f}{med / one:>13.2f}")
         if "K=8" in times:

@@ -23,6 +23,7 @@ Batched matmuls round differently from K single ones, so long runs drift apart s
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import sys
@@ -163,14 +164,22 @@ def fit_batch(
     generators: Sequence[torch.Generator],
     progress: bool = False,
     on_step: StepHook | None = None,
+    fused: bool = False,
 ) -> list[FitResult | DivergenceError]:
     """`train.fit` for K students at once: per trial a FitResult, or the DivergenceError it failed with.
 
+    fused: build the optimizer with `fused=True` where its class takes it (Adam, AdamW, SGD, ...).
     Each FitResult's `seconds` is the batch's whole training time.
     """
     start = time.perf_counter()
     stack, k, n = StackedStudents(students), len(students), len(train_x)
-    optimizer = make_optimizer(list(stack.params.values()), lr=lr, weight_decay=weight_decay)
+    params = list(stack.params.values())
+    optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay)
+    if fused and "fused" in inspect.signature(type(optimizer)).parameters:
+        # K students' Adam state no longer fits in cache: the per-op loop of the default Adam streams
+        # it from memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster
+        # steps of the optimizer). Same update, rounded differently: within 1e-6 of K plain Adams.
+        optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
     outcomes: list[FitResult | DivergenceError] = [FitResult(best_state={}, best_epoch=0, best_val_acc=-math.inf) for _ in range(k)]
     step = 0
     for epoch in tqdm(range(1, epochs + 1), desc=f"{k} students", disable=not progress, leave=False):
@@ -224,8 +233,10 @@ class BatchedTrial:
     outcome: FitResult | DivergenceError
 
 
-def train_trials(trials: Sequence[TrialSettings]) -> list[BatchedTrial]:
+def train_trials(trials: Sequence[TrialSettings], *, fused_optimizer: bool = True) -> list[BatchedTrial]:
     """Train K trials that differ only in T, alpha and the seed as one model.
+
+    fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
 
     Raises NotBatchable (before any training) when the student or optimizer cannot be stacked.
     """
@@ -253,6 +264,7 @@ def train_trials(trials: Sequence[TrialSettings]) -> list[BatchedTrial]:
         students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=train.lr,
         weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
         generators=[torch.Generator().manual_seed(s.seed) for s in trials], progress=sys.stderr.isatty(),
+        fused=fused_optimizer,
     )
     batched = []
     for s, i, student, outcome in zip(trials, inputs, students, outcomes):

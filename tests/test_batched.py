@@ -60,7 +60,7 @@ def single_run(settings, inputs):
     return result, steps
 
 
-def batched_run(all_settings, students=None):
+def batched_run(all_settings, students=None, fused=False):
     inputs = [trial.trial_inputs(s) for s in all_settings]
     data = inputs[0].data
     students = students or [trial.new_student(s, data) for s in all_settings]
@@ -73,7 +73,7 @@ def batched_run(all_settings, students=None):
         students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=first.train.lr, weight_decay=0.0,
         epochs=first.train.epochs, batch_size=first.train.batch_size,
         generators=[torch.Generator().manual_seed(s.seed) for s in all_settings],
-        on_step=lambda step, parts: steps.append(parts[:, 0].tolist()),
+        on_step=lambda step, parts: steps.append(parts[:, 0].tolist()), fused=fused,
     )
     return inputs, outcomes, torch.tensor(steps)
 
@@ -107,13 +107,15 @@ def test_the_batched_loss_is_each_trials_kd_loss():
         assert ce[i].tolist() == pytest.approx([want.total.item(), 0.0, want.hard.item()], rel=1e-6)
 
 
-@pytest.mark.parametrize("make", [torch.optim.Adam, torch.optim.AdamW])
-def test_one_optimizer_over_stacked_parameters_equals_one_per_trial(make):
+@pytest.mark.parametrize("make", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_optimizer_over_stacked_parameters_equals_one_per_trial(make, fused):
     torch.manual_seed(0)
     separate = [torch.randn(4, 5, requires_grad=True) for _ in range(3)]
     stacked = torch.stack([p.detach().clone() for p in separate]).requires_grad_()
     opts = [make([p], lr=1e-2, weight_decay=0.1) for p in separate]
-    opt = make([stacked], lr=1e-2, weight_decay=0.1)
+    # The launcher's default (fused_optimizer) steps the stack with the fused kernel, plain ones alone.
+    opt = make([stacked], lr=1e-2, weight_decay=0.1, fused=fused)
     for _ in range(5):
         grads = torch.randn(3, 4, 5)
         for p, g, o in zip(separate, grads, opts):
@@ -122,12 +124,13 @@ def test_one_optimizer_over_stacked_parameters_equals_one_per_trial(make):
         stacked.grad = grads.clone()
         opt.step()
     for i, p in enumerate(separate):
-        torch.testing.assert_close(stacked[i].detach(), p.detach(), rtol=0, atol=1e-7)
+        torch.testing.assert_close(stacked[i].detach(), p.detach(), rtol=0, atol=1e-6 if fused else 1e-7)
 
 
-def test_batched_trials_start_step_and_end_like_single_runs(cache_dir):
+@pytest.mark.parametrize("fused", [False, True])
+def test_batched_trials_start_step_and_end_like_single_runs(cache_dir, fused):
     all_settings = settings_for(cache_dir)
-    inputs, outcomes, steps = batched_run(all_settings)
+    inputs, outcomes, steps = batched_run(all_settings, fused=fused)
     for i, s in enumerate(all_settings):
         # The same initial weights as the trial's own seeded student.
         torch.manual_seed(1234)  # new_student seeds itself; the global state before must not matter

@@ -34,6 +34,10 @@ BATCHABLE_KEYS = ("loss.temperature", "loss.alpha", "seed")
 @dataclass
 class KDSweepBatchedLauncherConf:
     _target_: str = "hydra_plugins.kdsweep_batched_launcher.batched_launcher.KDSweepBatchedLauncher"
+    # Step the stacked students with the optimizer's fused kernel (Adam, AdamW, SGD): several times
+    # faster for K stacked students, whose optimizer state outgrows the cache; the same update up to
+    # rounding (within 1e-6 of one plain optimizer per trial). false: the plain optimizer, as a single run.
+    fused_optimizer: bool = True
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="kdsweep_batched", node=KDSweepBatchedLauncherConf, provider="kdsweep")
@@ -74,6 +78,10 @@ def _is_kdsweep_main(task_function: Any) -> bool:
 
 class KDSweepBatchedLauncher(BasicLauncher):
     """The basic launcher, except that batchable jobs are trained as one model."""
+
+    def __init__(self, fused_optimizer: bool = True) -> None:
+        super().__init__()
+        self.fused_optimizer = fused_optimizer
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -134,7 +142,7 @@ class KDSweepBatchedLauncher(BasicLauncher):
             return None, (f"they differ in {', '.join(differences)}; only {', '.join(BATCHABLE_KEYS)} "
                           "can differ within one batched model")
         try:
-            return train_trials(settings), ""
+            return train_trials(settings, fused_optimizer=self.fused_optimizer), ""
         except NotBatchable as e:
             return None, str(e)
         except KDSweepError as e:  # e.g. unreadable data: each job then fails with it in its own folder
