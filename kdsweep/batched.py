@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +180,10 @@ def fit_batch(
         # K students' Adam state no longer fits in cache: the per-op loop of the default Adam streams
         # it from memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster
         # steps of the optimizer). Same update, rounded differently: within 1e-6 of K plain Adams.
-        optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
+        try:
+            optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError as e:  # no fused kernel for this device or dtype: the plain one is exact anyway
+            log.info("the fused optimizer is not available here (%s); using the plain one", e)
     outcomes: list[FitResult | DivergenceError] = [FitResult(best_state={}, best_epoch=0, best_val_acc=-math.inf) for _ in range(k)]
     step = 0
     for epoch in tqdm(range(1, epochs + 1), desc=f"{k} students", disable=not progress, leave=False):
@@ -276,7 +280,7 @@ def train_trials(trials: Sequence[TrialSettings], *, fused_optimizer: bool = Tru
     return batched
 
 
-def finish(trial: BatchedTrial, output_dir) -> float:
+def finish(trial: BatchedTrial, output_dir: Path) -> float:
     """What `trial.run_trial` does after training: metrics.json, and the best val accuracy to return."""
     if not isinstance(trial.outcome, FitResult):
         raise trial.outcome
