@@ -270,3 +270,14 @@ def test_a_batch_with_an_unbatchable_difference_runs_one_by_one(tmp_path):
     assert "trials as one batched model" not in log
     assert_same_trials(single_dir, batch_dir)
     assert [read_metrics(p)["config"]["student_width"] for p in trial_folders(batch_dir)] == [8, 16]
+
+
+def test_a_batch_with_a_bad_value_fails_as_with_the_basic_launcher(tmp_path):
+    grid = ["hydra/sweeper=basic", "loss.temperature=2,-1"]
+    procs = [run_cli(tmp_path, *TINY, f"hydra.sweep.dir={tmp_path / name}", *grid, *extra, multirun=True, check=False)
+             for name, extra in (("single", []), ("batch", ["hydra/launcher=kdsweep_batched"]))]
+    assert "running the 2 jobs one by one: job #1 has a bad config (loss.temperature must be" in procs[1].stdout + procs[1].stderr
+    for proc, name in zip(procs, ("single", "batch")):
+        assert proc.returncode != 0
+        assert "loss.temperature must be a number > 0" in proc.stderr
+        assert read_metrics(tmp_path / name / "0")["config"]["temperature"] == 2.0

@@ -127,20 +127,23 @@ class KDSweepBatchedLauncher(BasicLauncher):
             return None, "the task is not kdsweep.run's main, whose trials this launcher knows how to batch"
         hydra_config = HydraConfig.instance().cfg
         try:
-            task_configs, settings = [], []
+            task_configs = []
             for config in configs:
                 HydraConfig.instance().set_config(config)  # ${hydra:...} resolves to this job's values
                 task_configs.append(_task_config(config))
+            differences = unbatchable_differences(task_configs)
+            if differences:
+                return None, (f"they differ in {', '.join(differences)}; only {', '.join(BATCHABLE_KEYS)} "
+                              "can differ within one batched model")
+            settings = []
+            for config, task_config in zip(configs, task_configs):
+                HydraConfig.instance().set_config(config)
                 try:
-                    settings.append(settings_from_config(task_configs[-1]))
+                    settings.append(settings_from_config(task_config))
                 except KDSweepError as e:
                     return None, f"job #{config.hydra.job.num} has a bad config ({e}); each job reports its own error"
         finally:
             HydraConfig.instance().cfg = hydra_config
-        differences = unbatchable_differences(task_configs)
-        if differences:
-            return None, (f"they differ in {', '.join(differences)}; only {', '.join(BATCHABLE_KEYS)} "
-                          "can differ within one batched model")
         try:
             return train_trials(settings, fused_optimizer=self.fused_optimizer), ""
         except NotBatchable as e:
