@@ -65,7 +65,7 @@ def fit(
     for epoch in tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False):
         model.train()
         order = torch.randperm(n, generator=generator).to(train_x.device)
-        sums = torch.zeros(3, device=train_x.device)
+        step_losses = []  # detached, summed once per epoch: no per-step arithmetic or device sync
         for begin in range(0, n, batch_size):
             idx = order[begin : begin + batch_size]
             x = train_x[idx]
@@ -75,8 +75,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
-            sums += torch.stack([parts.total, parts.soft, parts.hard]).detach() * len(idx)
-        loss, soft, hard = (sums / n).tolist()
+            step_losses.append(torch.stack([parts.total, parts.soft, parts.hard]).detach())
+        sizes = torch.tensor([min(batch_size, n - b) for b in range(0, n, batch_size)], device=train_x.device)
+        loss, soft, hard = ((torch.stack(step_losses) * sizes[:, None]).sum(0) / n).tolist()
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"training diverged: the mean loss of epoch {epoch} is {loss} (soft {soft}, hard "

@@ -1,0 +1,175 @@
+"""What one trial and one sweep cost: kdsweep against the tutorial's loop and against the floor.
+
+    python benchmarks/trial_speed.py [--repeats 5] [--fashion-subset 20000] [--fashion-epochs 5]
+
+Part 1 times, in one process and on the same data, settings and number of optimizer steps:
+  reference  the PyTorch tutorial's loop (benchmarks/tutorial_reference.py: DataLoader, teacher
+             forward on every batch);
+  kdsweep    one real trial through kdsweep's code (new student, training with per-epoch validation,
+             evaluation, metrics.json), the teacher's logits already in memory as in a sweep;
+  +baseline  the same trial reporting its gain over the cached baseline student;
+  floor      the student's bare optimizer steps on in-memory tensors, teacher logits precomputed.
+The variants are interleaved and repeated; medians are printed. Part 2 times a 10-trial sweep
+through the CLI (teacher and baseline cached) against the sum of its trials' training seconds, and a
+cold 1-trial sweep (teacher training included). Part 3 times start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from kdsweep.run import settings_from_config  # noqa: E402
+from kdsweep.trial import finish_trial, fit_student, new_student, trial_inputs  # noqa: E402
+from tutorial_reference import make_loader, train_knowledge_distillation  # noqa: E402
+
+T, ALPHA = 4.0, 0.5
+
+
+def settings_for(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return settings_from_config(compose("config", overrides=overrides))
+
+
+def floor_steps(student, x, y, teacher_log_probs, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
+    """Bare minibatch steps: no validation, no bookkeeping; the KD loss written the plain way."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for begin in range(0, len(x), batch_size):
+            idx = order[begin : begin + batch_size]
+            logits = student(x[idx])
+            kl = F.kl_div(F.log_softmax(logits / T, -1), teacher_log_probs[idx], reduction="batchmean", log_target=True)
+            loss = ALPHA * T * T * kl + (1 - ALPHA) * F.cross_entropy(logits, y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def part1(name: str, overrides: list[str], repeats: int, workdir: Path) -> None:
+    base = [*overrides, f"cache_dir={workdir / 'cache'}", f"loss.temperature={T}", f"loss.alpha={ALPHA}"]
+    settings = settings_for([*base, "baseline=false"])
+    with_baseline = settings_for([*base, "baseline=true"])
+    inputs = trial_inputs(settings)  # teacher trained (briefly) or loaded, logits computed once
+    data, train = inputs.data, settings.train
+    steps = train.epochs * math.ceil(len(data.train) / train.batch_size)
+    teacher = settings.make_teacher(input_shape=data.input_shape, num_classes=data.num_classes).eval()
+    loader = make_loader(data.train.x, data.train.y, train.batch_size)
+    teacher_log_probs = F.log_softmax(inputs.teacher_logits.train / T, -1)
+
+    def reference() -> None:
+        student = new_student(settings, data)
+        train_knowledge_distillation(teacher, student, loader, train.epochs, train.lr, T, ALPHA, 1 - ALPHA, "cpu")
+
+    def kdsweep(trial_settings=settings) -> None:
+        student = new_student(trial_settings, data)
+        finish_trial(trial_settings, inputs, student, fit_student(trial_settings, inputs, student), workdir)
+
+    def floor() -> None:
+        student = new_student(settings, data)
+        floor_steps(student, data.train.x, data.train.y, teacher_log_probs, epochs=train.epochs,
+                    batch_size=train.batch_size, lr=train.lr, seed=settings.seed)
+
+    variants = {"reference": reference, "kdsweep": kdsweep, "+baseline": lambda: kdsweep(with_baseline), "floor": floor}
+    variants["+baseline"]()  # trains and caches the baseline, so the timed runs find it
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit every variant alike
+        for key, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n## {name}: {len(data.train)} training images, {train.epochs} epochs, batch {train.batch_size}, "
+          f"{steps} steps, student {settings.student_arch.get('width')} wide, {repeats} repeats")
+    print(f"{'variant':<12}{'median s':>10}{'min s':>8}{'max s':>8}{'ms/step':>9}")
+    for key, values in times.items():
+        print(f"{key:<12}{med[key]:>10.2f}{min(values):>8.2f}{max(values):>8.2f}{1000 * med[key] / steps:>9.3f}")
+    print(f"kdsweep / floor      = {med['kdsweep'] / med['floor']:.2f}   (target <= 1.15)")
+    print(f"reference / kdsweep  = {med['reference'] / med['kdsweep']:.2f}   (target >= 1.7)")
+    print(f"+baseline / kdsweep  = {med['+baseline'] / med['kdsweep']:.2f}   (target <= 1.0, within noise)")
+
+
+def cli(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "kdsweep.run", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return time.perf_counter() - start, proc
+
+
+def part2(workdir: Path) -> None:
+    cache = f"cache_dir={workdir / 'sweep-cache'}"
+    cold, _ = cli("-m", "hydra.sweeper.n_trials=1", cache, f"hydra.sweep.dir={workdir / 'cold'}", cwd=workdir)
+    first = json.loads((workdir / "cold" / "0" / "metrics.json").read_text())
+    wall, _ = cli("-m", "hydra.sweeper.n_trials=10", cache, f"hydra.sweep.dir={workdir / 'warm'}", cwd=workdir)
+    trials = [json.loads(p.read_text()) for p in (workdir / "warm").glob("*/metrics.json")]
+    train_sum = sum(m["timings"]["train_seconds"] for m in trials)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print("\n## a 10-trial sweep through the CLI, digits defaults, teacher and baseline cached")
+    print(f"sweep wall time           {wall:8.2f} s  ({len(trials)} trials)")
+    print(f"sum of trials' training   {train_sum:8.2f} s")
+    print(f"overhead ratio            {wall / train_sum:8.2f}   (target <= 1.2)")
+    print(f"peak RSS of a sweep       {peak_mib:8.0f} MiB")
+    print(f"first trial, cold cache   {cold:8.2f} s wall (teacher {first['timings']['teacher_seconds']:.1f} s, "
+          f"baseline {first['timings']['baseline_seconds']:.1f} s, training {first['timings']['train_seconds']:.1f} s)")
+
+
+def part3(workdir: Path) -> None:
+    def median_wall(args: list[str]) -> float:
+        walls = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *args], cwd=workdir, capture_output=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            walls.append(time.perf_counter() - start)
+        return statistics.median(walls)
+
+    print("\n## start-up (median of 3)")
+    print(f"python -c 'import torch'       {median_wall(['-c', 'import torch']):6.2f} s")
+    print(f"python -m kdsweep.run --help   {median_wall(['-m', 'kdsweep.run', '--help']):6.2f} s")
+    probe = "import sys, kdsweep.run; print(sorted(m for m in ('pandas', 'sklearn', 'optuna', 'matplotlib') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workdir,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
+    print(f"heavy modules imported by `import kdsweep.run`: {loaded}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fashion-subset", type=int, default=20_000)
+    parser.add_argument("--fashion-epochs", type=int, default=5)
+    parser.add_argument("--digits-epochs", type=int, default=100)
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        part1("digits", ["data=digits", "model.teacher.epochs=1", f"train.epochs={args.digits_epochs}"], args.repeats, workdir)
+        part1("Fashion-MNIST", ["data=fashion_mnist", f"data.subset={args.fashion_subset}", "model.teacher.epochs=1",
+                                f"train.epochs={args.fashion_epochs}", "model.student.width=128"], args.repeats, workdir)
+        if not args.skip_sweep:
+            part2(workdir)
+        part3(workdir)
+
+
+if __name__ == "__main__":
+    main()

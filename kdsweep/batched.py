@@ -1,0 +1,288 @@
+"""K trials of one sweep trained together as one vectorized model; each is still its own trial.
+
+The trials of a sweep batch share the data, the teacher's logits and the student's architecture and
+differ only in T, alpha and the seed. So their K students are stacked (`torch.func.stack_module_state`)
+and run as one model (`torch.vmap` over `torch.func.functional_call`), one optimizer steps the stacked
+parameters, and the K losses, each with its own T and alpha, are summed. Every piece keeps the trials
+apart, so each trial is the trial it would be alone:
+
+- initial weights: each student comes from `trial.new_student` with its own seed, then is stacked;
+- batch order: each trial's own generator, seeded with its seed, permutes the training set each epoch
+  as `train.fit` does; trials whose orders agree (same seed) share one gather of the inputs;
+- loss: `kd_loss_from_log_probs` (or `ce_loss`) written out over the trial axis, so trial k's loss is
+  that function of its own logits, T and alpha; the sum's gradient with respect to trial k's
+  parameters is the gradient of trial k's loss alone;
+- optimizer: only element-wise ones (Adam, SGD, ...), whose update of a stacked tensor equals K
+  separate updates with the same lr and weight decay;
+- per epoch: each trial's mean losses, val accuracy and best-val weights; a trial whose epoch loss is
+  NaN or infinite fails alone with the `DivergenceError` that `train.fit` raises.
+
+Batched matmuls round differently from K single ones, so long runs drift apart slightly (README).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state
+from tqdm.auto import tqdm
+
+from kdsweep.data import Split
+from kdsweep.errors import DivergenceError, KDSweepError
+from kdsweep.losses import teacher_log_probs
+from kdsweep.train import FitResult, OptimizerFactory
+from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, trial_inputs
+
+log = logging.getLogger("kdsweep")
+
+# Optimizers whose update of one element reads only that element's parameter, gradient and state,
+# so a stacked tensor steps exactly as K separate tensors would.
+ELEMENTWISE_OPTIMIZERS = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+)
+
+# (stacked logits (K, B, C), the batch's indices (B,) if shared or (K, B)) -> (K, 3): total, soft, hard
+BatchLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (step number from 0, the step's (K, 3) loss parts): for tests and diagnostics
+StepHook = Callable[[int, torch.Tensor], None]
+
+
+class NotBatchable(KDSweepError):
+    """These trials cannot be trained as one model; the message says why. Run them one by one."""
+
+
+class StackedStudents:
+    """K students of one architecture as one vectorized model over stacked parameters."""
+
+    def __init__(self, students: Sequence[nn.Module]) -> None:
+        self.params, self.buffers = stack_module_state(list(students))
+        # The stacked tensors hold the weights; the base only supplies the architecture's code.
+        self.base = copy.deepcopy(students[0]).to("meta")
+        self.k = len(students)
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def __call__(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Logits (K, B, C) for inputs x, one batch for all trials (B, ...) or one per trial (K, B, ...)."""
+        return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Every trial's logits (K, N, C) for all of x, in eval mode (as `metrics.predict_logits`)."""
+        was_training = self.base.training
+        self.base.eval()
+        logits = torch.cat([self(x[i : i + batch_size], shared=True) for i in range(0, len(x), batch_size)], dim=1)
+        self.base.train(was_training)
+        return logits
+
+    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        return {name: t[k].detach().clone() for name, t in (self.params | self.buffers).items()}
+
+
+def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
+    """Why students like `student` trained with `optimizer_type` cannot be stacked, or None if they can."""
+    if not issubclass(optimizer_type, ELEMENTWISE_OPTIMIZERS):
+        return (f"the optimizer {optimizer_type.__name__} is not known to be element-wise, so one "
+                "optimizer over stacked students might not equal one per student")
+    if any(True for _ in student.buffers()):
+        return "the student has buffers (e.g. BatchNorm statistics), which the batched loop does not update"
+    dropouts = [m for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if dropouts:
+        return "the student uses dropout, whose random masks would differ from a single run's"
+    return None
+
+
+def kd_losses(soft_targets: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor, alpha: torch.Tensor) -> BatchLossFn:
+    """K distillation losses: trial k's is `kd_loss_from_log_probs` of soft_targets[k], T[k], alpha[k].
+
+    Written out over the trial axis rather than vmapped: torch has no batching rule for kl_div, and
+    its per-trial fallback loop costs more than the students. tests/test_batched.py checks that each
+    trial's value equals `kd_loss_from_log_probs`.
+    """
+    teacher_probs = soft_targets.exp()
+    t = temperature[:, None, None]
+    trials = torch.arange(len(soft_targets), device=soft_targets.device)[:, None]
+
+    def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        k, b, c = logits.shape
+        if idx.dim() == 1:
+            log_p, p, y = soft_targets[:, idx], teacher_probs[:, idx], labels[idx].expand(k, b)
+        else:
+            log_p, p, y = soft_targets[trials, idx], teacher_probs[trials, idx], labels[idx]
+        # F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) per trial: sum p (log p - log q) / B
+        kl = (p * (log_p - F.log_softmax(logits / t, dim=-1))).sum(dim=(1, 2)) / b
+        soft = temperature**2 * kl
+        hard = _cross_entropy(logits, y)
+        return torch.stack([alpha * soft + (1.0 - alpha) * hard, soft, hard], dim=1)
+
+    return loss
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy (mean over the batch) of each trial: (K, B, C), (K, B) -> (K,)."""
+    k, b, c = logits.shape
+    return F.cross_entropy(logits.reshape(k * b, c), y.reshape(k * b), reduction="none").view(k, b).mean(dim=1)
+
+
+def ce_losses(labels: torch.Tensor) -> BatchLossFn:
+    """K cross-entropy losses (the baseline student's), trial k's on its own logits and batch."""
+
+    def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        k, b, _ = logits.shape
+        hard = _cross_entropy(logits, labels[idx].expand(k, b))
+        return torch.stack([hard, torch.zeros_like(hard), hard], dim=1)
+
+    return loss
+
+
+def fit_batch(
+    students: Sequence[nn.Module],
+    train_x: torch.Tensor,
+    loss_fn: BatchLossFn,
+    make_optimizer: OptimizerFactory,
+    val: Split,
+    *,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+    progress: bool = False,
+    on_step: StepHook | None = None,
+    fused: bool = False,
+) -> list[FitResult | DivergenceError]:
+    """`train.fit` for K students at once: per trial a FitResult, or the DivergenceError it failed with.
+
+    fused: build the optimizer with `fused=True` where its class takes it (Adam, AdamW, SGD, ...).
+    Each FitResult's `seconds` is the batch's whole training time.
+    """
+    start = time.perf_counter()
+    stack, k, n = StackedStudents(students), len(students), len(train_x)
+    params = list(stack.params.values())
+    optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay)
+    if fused and "fused" in inspect.signature(type(optimizer)).parameters:
+        # K students' Adam state no longer fits in cache: the per-op loop of the default Adam streams
+        # it from memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster
+        # steps of the optimizer). Same update, rounded differently: within 1e-6 of K plain Adams.
+        try:
+            optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError as e:  # no fused kernel for this device or dtype: the plain one is exact anyway
+            log.info("the fused optimizer is not available here (%s); using the plain one", e)
+    outcomes: list[FitResult | DivergenceError] = [FitResult(best_state={}, best_epoch=0, best_val_acc=-math.inf) for _ in range(k)]
+    step = 0
+    for epoch in tqdm(range(1, epochs + 1), desc=f"{k} students", disable=not progress, leave=False):
+        stack.train()
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(train_x.device)
+        shared = bool((orders == orders[0]).all())  # same seed: one gather serves every trial
+        sums = torch.zeros(k, 3, device=train_x.device)
+        for begin in range(0, n, batch_size):
+            idx = orders[0, begin : begin + batch_size] if shared else orders[:, begin : begin + batch_size]
+            parts = loss_fn(stack(train_x[idx], shared), idx)
+            optimizer.zero_grad(set_to_none=True)
+            # Trial k's parameters appear only in parts[k], so each gets its own loss's gradient.
+            parts[:, 0].sum().backward()
+            optimizer.step()
+            parts = parts.detach()
+            if on_step is not None:
+                on_step(step, parts)
+            sums += parts * idx.shape[-1]
+            step += 1
+        means = (sums / n).tolist()
+        val_acc = (stack.predict(val.x).argmax(dim=-1) == val.y).float().mean(dim=1).tolist()
+        for i, outcome in enumerate(outcomes):
+            if not isinstance(outcome, FitResult):
+                continue  # diverged earlier: its NaN weights keep training, apart from the others, unused
+            loss, soft, hard = means[i]
+            if not math.isfinite(loss):
+                # The same words as train.fit's; this trial fails, the others go on.
+                outcomes[i] = DivergenceError(
+                    f"training diverged: the mean loss of epoch {epoch} is {loss} (soft {soft}, hard "
+                    f"{hard}). Lower train.lr or check the inputs; this trial is recorded as failed."
+                )
+                continue
+            outcome.history.append({"epoch": epoch, "loss": loss, "soft": soft, "hard": hard, "val_acc": val_acc[i]})
+            if val_acc[i] > outcome.best_val_acc:
+                outcome.best_val_acc, outcome.best_epoch = val_acc[i], epoch
+                outcome.best_state = stack.state_dict(i)
+    seconds = time.perf_counter() - start
+    for outcome in outcomes:
+        if isinstance(outcome, FitResult):
+            outcome.seconds = seconds
+    return outcomes
+
+
+@dataclass
+class BatchedTrial:
+    """One trial of a batch after training: what `finish` needs to write its report."""
+
+    settings: TrialSettings
+    inputs: TrialInputs
+    student: nn.Module
+    outcome: FitResult | DivergenceError
+
+
+def train_trials(trials: Sequence[TrialSettings], *, fused_optimizer: bool = True) -> list[BatchedTrial]:
+    """Train K trials that differ only in T, alpha and the seed as one model.
+
+    fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
+
+    Raises NotBatchable (before any training) when the student or optimizer cannot be stacked.
+    """
+    first = trials[0]
+    if first.train.num_threads:
+        torch.set_num_threads(first.train.num_threads)
+    inputs = [trial_inputs(s) for s in trials]  # the teacher is trained or loaded once, then memoized
+    data = inputs[0].data
+    students = [new_student(s, i.data) for s, i in zip(trials, inputs)]
+    probe = first.make_optimizer([torch.zeros(1, requires_grad=True)], lr=first.train.lr, weight_decay=first.train.weight_decay)
+    reason = why_not_batchable(students[0], type(probe))
+    if reason:
+        raise NotBatchable(reason)
+    train = first.train
+    if first.loss.name == "kd":
+        soft = torch.stack([teacher_log_probs(i.teacher_logits.train, s.loss.temperature) for s, i in zip(trials, inputs)])
+        to_tensor = lambda values: torch.tensor(values, dtype=data.train.x.dtype, device=data.train.x.device)  # noqa: E731
+        loss_fn = kd_losses(soft, data.train.y, to_tensor([s.loss.temperature for s in trials]),
+                            to_tensor([s.loss.alpha for s in trials]))
+    else:
+        loss_fn = ce_losses(data.train.y)
+    log.info("training %d trials as one batched model: %s", len(trials), ", ".join(
+        f"(T={s.loss.temperature}, alpha={s.loss.alpha}, seed={s.seed})" for s in trials))
+    outcomes = fit_batch(
+        students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=train.lr,
+        weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
+        generators=[torch.Generator().manual_seed(s.seed) for s in trials], progress=sys.stderr.isatty(),
+        fused=fused_optimizer,
+    )
+    batched = []
+    for s, i, student, outcome in zip(trials, inputs, students, outcomes):
+        # Each trial reports its share of the batch's training time, and how many trials shared it.
+        timings = dict(i.timings, batched_trials=len(trials))
+        if isinstance(outcome, FitResult):
+            outcome.seconds /= len(trials)
+        batched.append(BatchedTrial(s, TrialInputs(i.data, i.teacher_logits, i.teacher_info, timings), student, outcome))
+    return batched
+
+
+def finish(trial: BatchedTrial, output_dir: Path) -> float:
+    """What `trial.run_trial` does after training: metrics.json, and the best val accuracy to return."""
+    if not isinstance(trial.outcome, FitResult):
+        raise trial.outcome
+    finish_trial(trial.settings, trial.inputs, trial.student, trial.outcome, output_dir)
+    return trial.outcome.best_val_acc

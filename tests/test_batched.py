@@ -1,0 +1,283 @@
+"""Trial batching: K trials trained as one vectorized model are each the trial they would be alone.
+
+Step-level checks call `kdsweep.batched` on settings composed from the real configs; the sweep-level
+checks run the real CLI with `hydra/launcher=kdsweep_batched` against the basic launcher.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from conftest import CONF, TINY, read_metrics, run_cli
+from kdsweep import batched, trial
+from kdsweep.errors import DivergenceError
+from kdsweep.losses import ce_loss, kd_loss_from_log_probs, teacher_log_probs
+from kdsweep.models import MLP, SmallCNN
+from kdsweep.run import settings_from_config
+from kdsweep.train import FitResult, fit
+
+# (T, alpha, seed) of the three trials: two share seed 0, one has its own batch order.
+TRIALS = [(2.0, 0.3, 0), (4.0, 0.5, 1), (8.0, 0.9, 0)]
+# How far batched and single runs drifted apart, measured on these tiny runs: per-step losses by at
+# most ~5e-7, epoch losses by ~3e-7 relative, weights by ~1e-7. Longer runs drift further (README,
+# "Trial batching": one of four 10-epoch Fashion-MNIST trials by 2% in an epoch's loss).
+LOSS_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def settings_for(cache_dir, trials=TRIALS, extra=()):
+    overrides = [*TINY, f"cache_dir={cache_dir}", "train.epochs=3", *extra]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return [settings_from_config(compose("config", [*overrides, f"loss.temperature={t}", f"loss.alpha={a}", f"seed={s}"]))
+                for t, a, s in trials]
+
+
+def single_run(settings, inputs):
+    """`trial.fit_student`'s training, with each step's loss recorded."""
+    student = trial.new_student(settings, inputs.data)
+    data, loss = inputs.data, settings.loss
+    soft = teacher_log_probs(inputs.teacher_logits.train, loss.temperature)
+    steps = []
+
+    def loss_fn(logits, idx):
+        parts = kd_loss_from_log_probs(logits, soft[idx], data.train.y[idx], loss.temperature, loss.alpha)
+        steps.append(parts.total.item())
+        return parts
+
+    optimizer = settings.make_optimizer(student.parameters(), lr=settings.train.lr, weight_decay=settings.train.weight_decay)
+    result = fit(student, data.train.x, loss_fn, optimizer, data.val, epochs=settings.train.epochs,
+                 batch_size=settings.train.batch_size, generator=torch.Generator().manual_seed(settings.seed))
+    return result, steps
+
+
+def batched_run(all_settings, students=None, fused=False):
+    inputs = [trial.trial_inputs(s) for s in all_settings]
+    data = inputs[0].data
+    students = students or [trial.new_student(s, data) for s in all_settings]
+    soft = torch.stack([teacher_log_probs(i.teacher_logits.train, s.loss.temperature) for s, i in zip(all_settings, inputs)])
+    loss_fn = batched.kd_losses(soft, data.train.y, torch.tensor([s.loss.temperature for s in all_settings]),
+                                torch.tensor([s.loss.alpha for s in all_settings]))
+    steps = []
+    first = all_settings[0]
+    outcomes = batched.fit_batch(
+        students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=first.train.lr, weight_decay=0.0,
+        epochs=first.train.epochs, batch_size=first.train.batch_size,
+        generators=[torch.Generator().manual_seed(s.seed) for s in all_settings],
+        on_step=lambda step, parts: steps.append(parts[:, 0].tolist()), fused=fused,
+    )
+    return inputs, outcomes, torch.tensor(steps)
+
+
+def assert_same_history(single, batch):
+    assert [h["epoch"] for h in single] == [h["epoch"] for h in batch]
+    for s, b in zip(single, batch):
+        for key in ("loss", "soft", "hard"):
+            assert b[key] == pytest.approx(s[key], rel=LOSS_RTOL, abs=1e-7), key
+        assert b["val_acc"] == s["val_acc"]  # identical on these runs; a rounding flip would change one example
+
+
+def test_the_batched_loss_is_each_trials_kd_loss():
+    torch.manual_seed(0)
+    k, n, b, c = 3, 50, 8, 10
+    teacher, labels = torch.randn(n, c) * 3, torch.randint(0, c, (n,))
+    temps, alphas = [1.0, 2.5, 9.0], [0.0, 0.5, 1.0]
+    soft = torch.stack([teacher_log_probs(teacher, t) for t in temps])
+    loss_fn = batched.kd_losses(soft, labels, torch.tensor(temps), torch.tensor(alphas))
+    logits = torch.randn(k, b, c) * 2
+    shared, own = torch.randperm(n)[:b], torch.stack([torch.randperm(n)[:b] for _ in range(k)])
+    for idx in (shared, own):
+        parts = loss_fn(logits, idx)
+        for i in range(k):
+            rows = idx if idx.dim() == 1 else idx[i]
+            want = kd_loss_from_log_probs(logits[i], soft[i][rows], labels[rows], temps[i], alphas[i])
+            assert parts[i].tolist() == pytest.approx([want.total.item(), want.soft.item(), want.hard.item()], rel=1e-6)
+    ce = batched.ce_losses(labels)(logits, shared)
+    for i in range(k):
+        want = ce_loss(logits[i], labels[shared])
+        assert ce[i].tolist() == pytest.approx([want.total.item(), 0.0, want.hard.item()], rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_optimizer_over_stacked_parameters_equals_one_per_trial(make, fused):
+    torch.manual_seed(0)
+    separate = [torch.randn(4, 5, requires_grad=True) for _ in range(3)]
+    stacked = torch.stack([p.detach().clone() for p in separate]).requires_grad_()
+    opts = [make([p], lr=1e-2, weight_decay=0.1) for p in separate]
+    # The launcher's default (fused_optimizer) steps the stack with the fused kernel, plain ones alone.
+    opt = make([stacked], lr=1e-2, weight_decay=0.1, fused=fused)
+    for _ in range(5):
+        grads = torch.randn(3, 4, 5)
+        for p, g, o in zip(separate, grads, opts):
+            p.grad = g.clone()
+            o.step()
+        stacked.grad = grads.clone()
+        opt.step()
+    for i, p in enumerate(separate):
+        torch.testing.assert_close(stacked[i].detach(), p.detach(), rtol=0, atol=1e-6 if fused else 1e-7)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_batched_trials_start_step_and_end_like_single_runs(cache_dir, fused):
+    all_settings = settings_for(cache_dir)
+    inputs, outcomes, steps = batched_run(all_settings, fused=fused)
+    for i, s in enumerate(all_settings):
+        # The same initial weights as the trial's own seeded student.
+        torch.manual_seed(1234)  # new_student seeds itself; the global state before must not matter
+        alone = trial.new_student(s, inputs[i].data)
+        stacked = batched.StackedStudents([trial.new_student(x, inputs[i].data) for x in all_settings])
+        for name, p in alone.named_parameters():
+            assert torch.equal(stacked.params[name][i], p.detach())
+        single, single_steps = single_run(s, inputs[i])
+        assert len(single_steps) == len(steps)
+        assert steps[0, i].item() == pytest.approx(single_steps[0], abs=1e-5)
+        drift = (steps[:, i] - torch.tensor(single_steps)).abs().max().item()
+        assert drift < 1e-5, f"trial {i}: per-step losses drifted by {drift}"
+        assert_same_history(single.history, outcomes[i].history)
+        assert (outcomes[i].best_epoch, outcomes[i].best_val_acc) == (single.best_epoch, single.best_val_acc)
+        for name, w in single.best_state.items():
+            torch.testing.assert_close(outcomes[i].best_state[name], w, rtol=0, atol=1e-5)
+
+
+def test_train_trials_matches_fit_student(cache_dir):
+    all_settings = settings_for(cache_dir)
+    for s, bt in zip(all_settings, batched.train_trials(all_settings)):
+        inputs = trial.trial_inputs(s)
+        single = trial.fit_student(s, inputs, trial.new_student(s, inputs.data))
+        assert_same_history(single.history, bt.outcome.history)
+        assert bt.inputs.timings["batched_trials"] == 3
+
+
+def test_cross_entropy_trials_of_different_seeds_are_batched_too(cache_dir):
+    all_settings = settings_for(cache_dir, trials=[(4.0, 0.5, 0), (4.0, 0.5, 1)], extra=["loss=ce"])
+    for s, bt in zip(all_settings, batched.train_trials(all_settings)):
+        inputs = trial.trial_inputs(s)
+        assert inputs.teacher_logits is None
+        single = trial.fit_student(s, inputs, trial.new_student(s, inputs.data))
+        assert_same_history(single.history, bt.outcome.history)
+
+
+def test_a_cnn_student_is_batched_through_the_same_generic_path(cache_dir):
+    # model=cnn's teacher as the student too: conv layers under vmap.
+    extra = ["+model.student.channels=[4,8]", "+model.student.hidden=16", "model.student._target_=kdsweep.models.SmallCNN",
+             "~model.student.width", "~model.student.depth", "~model.student.dropout"]
+    all_settings = settings_for(cache_dir, extra=extra)
+    inputs, outcomes, steps = batched_run(all_settings)
+    assert isinstance(trial.new_student(all_settings[0], inputs[0].data), SmallCNN)
+    for i, s in enumerate(all_settings):
+        single, single_steps = single_run(s, inputs[i])
+        assert steps[0, i].item() == pytest.approx(single_steps[0], abs=1e-5)
+        assert_same_history(single.history, outcomes[i].history)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_diverging_trial_fails_alone(cache_dir, fused):
+    all_settings = settings_for(cache_dir)
+    inputs = [trial.trial_inputs(s) for s in all_settings]
+    students = [trial.new_student(s, inputs[0].data) for s in all_settings]
+    with torch.no_grad():
+        students[1][1].weight.fill_(math.inf)  # trial 1's logits are inf - inf = NaN from the first step
+    _, outcomes, _ = batched_run(all_settings, students, fused=fused)
+    assert isinstance(outcomes[1], DivergenceError)
+    assert "the mean loss of epoch 1 is nan" in str(outcomes[1])
+    for i in (0, 2):
+        assert isinstance(outcomes[i], FitResult)
+        single, _ = single_run(all_settings[i], inputs[i])
+        assert_same_history(single.history, outcomes[i].history)
+
+
+def test_what_cannot_be_stacked_is_named():
+    mlp = MLP((1, 8, 8), 10)
+    assert batched.why_not_batchable(mlp, torch.optim.Adam) is None
+    assert batched.why_not_batchable(MLP((1, 8, 8), 10, dropout=0.0), torch.optim.SGD) is None
+    assert "dropout" in batched.why_not_batchable(MLP((1, 8, 8), 10, dropout=0.2), torch.optim.Adam)
+    assert "buffers" in batched.why_not_batchable(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64)), torch.optim.Adam)
+    assert "LBFGS" in batched.why_not_batchable(mlp, torch.optim.LBFGS)
+
+
+# --- the launcher, through the real CLI ------------------------------------------------------------
+
+def trial_folders(sweep_dir):
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def sweep(tmp_path, name, *overrides):
+    out = tmp_path / name
+    proc = run_cli(tmp_path, *TINY, f"hydra.sweep.dir={out}", *overrides, multirun=True)
+    return out, proc.stdout + proc.stderr
+
+
+def assert_same_trials(single_dir, batch_dir):
+    singles, batches = trial_folders(single_dir), trial_folders(batch_dir)
+    assert [p.name for p in singles] == [p.name for p in batches]
+    for s_dir, b_dir in zip(singles, batches):
+        s, b = read_metrics(s_dir), read_metrics(b_dir)
+        assert s["config"] == b["config"]
+        assert_same_history(s["history"], b["history"])
+        assert b["results"] == pytest.approx(s["results"], abs=1e-6)
+        # Each job's own Hydra files, as a single run writes them.
+        assert (b_dir / ".hydra" / "config.yaml").is_file() and (b_dir / ".hydra" / "hydra.yaml").is_file()
+        assert yaml.safe_load((b_dir / ".hydra" / "overrides.yaml").read_text()) == \
+            yaml.safe_load((s_dir / ".hydra" / "overrides.yaml").read_text())
+        config = yaml.safe_load((b_dir / ".hydra" / "config.yaml").read_text())
+        assert (config["loss"]["temperature"], config["seed"]) == (b["config"]["temperature"], b["config"]["seed"])
+
+
+def test_an_optuna_batch_of_three_is_three_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=3"]
+    single_dir, _ = sweep(tmp_path, "single", *common)
+    batch_dir, log = sweep(tmp_path, "batch", *common, "hydra/launcher=kdsweep_batched", f"hydra.sweeper.storage={storage}")
+    assert "training 3 trials as one batched model" in log
+    assert_same_trials(single_dir, batch_dir)
+    # Each job's return value reached the study as its own trial's value.
+    study = optuna.load_study(study_name="kdsweep", storage=storage)
+    metrics = [read_metrics(p) for p in trial_folders(batch_dir)]
+    assert [t.value for t in study.trials] == [m["results"]["best_val_acc"] for m in metrics]
+    assert [t.params["loss.temperature"] for t in study.trials] == [m["config"]["temperature"] for m in metrics]
+    assert len({m["config"]["temperature"] for m in metrics}) == 3
+    assert [m["timings"]["batched_trials"] for m in metrics] == [3, 3, 3]
+    results = yaml.safe_load((batch_dir / "optimization_results.yaml").read_text())
+    assert results["best_value"] == max(m["results"]["best_val_acc"] for m in metrics)
+
+
+def test_a_grid_over_seeds_is_batched_with_each_trials_batch_order(tmp_path):
+    grid = ["hydra/sweeper=basic", "seed=0,1", "loss.alpha=0.3,0.9"]
+    single_dir, _ = sweep(tmp_path, "single", *grid)
+    # The plain optimizer, as single runs use it (the fused default is checked by the Optuna test).
+    batch_dir, log = sweep(tmp_path, "batch", *grid, "hydra/launcher=kdsweep_batched", "hydra.launcher.fused_optimizer=false")
+    assert "training 4 trials as one batched model" in log
+    assert_same_trials(single_dir, batch_dir)
+    assert sorted(read_metrics(p)["config"]["seed"] for p in trial_folders(batch_dir)) == [0, 0, 1, 1]
+
+
+def test_a_batch_with_an_unbatchable_difference_runs_one_by_one(tmp_path):
+    grid = ["hydra/sweeper=basic", "model.student.width=8,16"]
+    single_dir, _ = sweep(tmp_path, "single", *grid)
+    batch_dir, log = sweep(tmp_path, "batch", *grid, "hydra/launcher=kdsweep_batched")
+    assert "running the 2 jobs one by one: they differ in model.student.width" in log
+    assert "trials as one batched model" not in log
+    assert_same_trials(single_dir, batch_dir)
+    assert [read_metrics(p)["config"]["student_width"] for p in trial_folders(batch_dir)] == [8, 16]
+
+
+def test_a_batch_with_a_bad_value_fails_as_with_the_basic_launcher(tmp_path):
+    grid = ["hydra/sweeper=basic", "loss.temperature=2,-1"]
+    procs = [run_cli(tmp_path, *TINY, f"hydra.sweep.dir={tmp_path / name}", *grid, *extra, multirun=True, check=False)
+             for name, extra in (("single", []), ("batch", ["hydra/launcher=kdsweep_batched"]))]
+    assert "running the 2 jobs one by one: job #1 has a bad config (loss.temperature must be" in procs[1].stdout + procs[1].stderr
+    for proc, name in zip(procs, ("single", "batch")):
+        assert proc.returncode != 0
+        assert "loss.temperature must be a number > 0" in proc.stderr
+        assert read_metrics(tmp_path / name / "0")["config"]["temperature"] == 2.0
