@@ -242,7 +242,8 @@ def test_an_optuna_batch_of_three_is_three_trials(tmp_path):
     assert "training 3 trials as one batched model" in log
     assert_same_trials(single_dir, batch_dir)
     # Each job's return value reached the study as its own trial's value.
-    study = optuna.load_study(study_name="kdsweep", storage=storage)
+    (summary,) = optuna.get_all_study_summaries(storage)  # the study is named after the experiment
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
     metrics = [read_metrics(p) for p in trial_folders(batch_dir)]
     assert [t.value for t in study.trials] == [m["results"]["best_val_acc"] for m in metrics]
     assert [t.params["loss.temperature"] for t in study.trials] == [m["config"]["temperature"] for m in metrics]
