@@ -11,7 +11,7 @@ from conftest import CONF, read_metrics, run_cli
 from test_sweep import trial_folders
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+OPTUNA = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KDSweepSweeper"
 
 
 def hydra_config(*overrides: str):
