@@ -68,6 +68,7 @@ def part1(name: str, overrides: list[str], repeats: int, workdir: Path) -> None:
     base = [*overrides, f"cache_dir={workdir / 'cache'}", f"loss.temperature={T}", f"loss.alpha={ALPHA}"]
     settings = settings_for([*base, "baseline=false"])
     with_baseline = settings_for([*base, "baseline=true"])
+    torch.set_num_threads(settings.train.num_threads or os.cpu_count())  # as a trial does, for every variant
     inputs = trial_inputs(settings)  # teacher trained (briefly) or loaded, logits computed once
     data, train = inputs.data, settings.train
     steps = train.epochs * math.ceil(len(data.train) / train.batch_size)
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--digits-epochs", type=int, default=100)
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         part1("digits", ["data=digits", "model.teacher.epochs=1", f"train.epochs={args.digits_epochs}"], args.repeats, workdir)
