@@ -48,9 +48,9 @@ def settings_for(overrides: list[str]):
         return settings_from_config(compose("config", overrides=overrides))
 
 
-def floor_steps(student, x, y, teacher_log_probs, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
-    """Bare minibatch steps: no validation, no bookkeeping; the KD loss written the plain way."""
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+def floor_steps(student, x, y, teacher_log_probs, make_optimizer, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
+    """Bare minibatch steps with the trial's optimizer: no validation, no bookkeeping, a plain KD loss."""
+    optimizer = make_optimizer(student.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
@@ -86,7 +86,7 @@ def part1(name: str, overrides: list[str], repeats: int, workdir: Path) -> None:
 
     def floor() -> None:
         student = new_student(settings, data)
-        floor_steps(student, data.train.x, data.train.y, teacher_log_probs, epochs=train.epochs,
+        floor_steps(student, data.train.x, data.train.y, teacher_log_probs, settings.make_optimizer, epochs=train.epochs,
                     batch_size=train.batch_size, lr=train.lr, seed=settings.seed)
 
     variants = {"reference": reference, "kdsweep": kdsweep, "+baseline": lambda: kdsweep(with_baseline), "floor": floor}
