@@ -48,9 +48,9 @@ def settings_for(overrides: list[str]):
         return settings_from_config(compose("config", overrides=overrides))
 
 
-def floor_steps(student, x, y, teacher_log_probs, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
-    """Bare minibatch steps: no validation, no bookkeeping; the KD loss written the plain way."""
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+def floor_steps(student, x, y, teacher_log_probs, make_optimizer, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
+    """Bare minibatch steps with the trial's optimizer: no validation, no bookkeeping, a plain KD loss."""
+    optimizer = make_optimizer(student.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
@@ -68,6 +68,7 @@ def part1(name: str, overrides: list[str], repeats: int, workdir: Path) -> None:
     base = [*overrides, f"cache_dir={workdir / 'cache'}", f"loss.temperature={T}", f"loss.alpha={ALPHA}"]
     settings = settings_for([*base, "baseline=false"])
     with_baseline = settings_for([*base, "baseline=true"])
+    torch.set_num_threads(settings.train.num_threads or os.cpu_count())  # as a trial does, for every variant
     inputs = trial_inputs(settings)  # teacher trained (briefly) or loaded, logits computed once
     data, train = inputs.data, settings.train
     steps = train.epochs * math.ceil(len(data.train) / train.batch_size)
@@ -85,7 +86,7 @@ def part1(name: str, overrides: list[str], repeats: int, workdir: Path) -> None:
 
     def floor() -> None:
         student = new_student(settings, data)
-        floor_steps(student, data.train.x, data.train.y, teacher_log_probs, epochs=train.epochs,
+        floor_steps(student, data.train.x, data.train.y, teacher_log_probs, settings.make_optimizer, epochs=train.epochs,
                     batch_size=train.batch_size, lr=train.lr, seed=settings.seed)
 
     variants = {"reference": reference, "kdsweep": kdsweep, "+baseline": lambda: kdsweep(with_baseline), "floor": floor}
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--digits-epochs", type=int, default=100)
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         part1("digits", ["data=digits", "model.teacher.epochs=1", f"train.epochs={args.digits_epochs}"], args.repeats, workdir)

@@ -70,6 +70,8 @@ class TrialInputs:
 
 # Computed teacher logits, per teacher spec: every trial of an in-process sweep reuses them.
 _TEACHER_LOGITS: dict[str, tuple[TeacherLogits, dict[str, Any]]] = {}
+# The baseline student's accuracies, per baseline spec, likewise.
+_BASELINES: dict[str, dict[str, float]] = {}
 
 
 def train_supervised(
@@ -175,8 +177,11 @@ def get_baseline(settings: TrialSettings, data: Dataset) -> dict[str, float]:
             "baseline_best_epoch": result.best_epoch,
         }
 
-    entry, _ = cache.load_or_build(settings.cache_dir, "baseline", spec, build)
-    return {k: v for k, v in entry.items() if k != "state_dict"}
+    key = cache.spec_key(spec)
+    if key not in _BASELINES:
+        entry, _ = cache.load_or_build(settings.cache_dir, "baseline", spec, build)
+        _BASELINES[key] = {k: v for k, v in entry.items() if k != "state_dict"}
+    return _BASELINES[key]
 
 
 def finish_trial(
