@@ -222,7 +222,8 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_message(tmp_path, tiny):
 
 
 def test_joblib_runs_trials_side_by_side_with_threads_per_trial(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("train.num_threads")]
+    # train.num_threads=null (torch: a thread per core in each trial) is shared out: cores // 2 each.
+    overrides = [o for o in TINY if not o.startswith("train.num_threads")] + ["train.num_threads=null"]
     run_cli(tmp_path, *overrides, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.n_trials=2", multirun=True)
     study, sweep = the_study(sqlite_url(tmp_path)), tmp_path / "sweep"

@@ -317,14 +317,16 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
         launcher = self.config.hydra.launcher
         if "joblib" not in str(launcher.get("_target_", "")).lower():
             return None
-        if OmegaConf.select(self.config, "train.num_threads", default=None) is not None or any(
-            a.startswith("train.num_threads=") for a in arguments
-        ):
-            return None  # the user chose
         cores = os.cpu_count() or 1
         n_parallel = int(launcher.get("n_jobs") or -1)
-        n_parallel = cores if n_parallel < 1 else n_parallel
-        return max(1, cores // min(n_parallel, self.n_jobs))
+        n_parallel = min(cores if n_parallel < 1 else n_parallel, self.n_jobs)
+        chosen = OmegaConf.select(self.config, "train.num_threads", default=None)
+        if chosen is None:  # torch's default, one thread per core in every trial: share the cores instead
+            return max(1, cores // n_parallel)
+        if n_parallel * int(chosen) > cores:
+            log.warning("%d trials side by side x train.num_threads=%s exceeds the %d cores; they will "
+                        "compete (train.num_threads=null shares the cores out)", n_parallel, chosen, cores)
+        return None
 
     # ----------------------------------------------------------------- the loop
 
