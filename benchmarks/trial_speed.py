@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -117,18 +118,34 @@ def cli(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - start, proc
 
 
+def _log_time(line: str) -> datetime:
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+
+
 def part2(workdir: Path) -> None:
     cache = f"cache_dir={workdir / 'sweep-cache'}"
-    cold, _ = cli("-m", "hydra.sweeper.n_trials=1", cache, f"hydra.sweep.dir={workdir / 'cold'}", cwd=workdir)
+    # Each sweep its own study: kdsweep's sweeper would otherwise resume the first one's.
+    cold, _ = cli("-m", "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=cold", cache,
+                  f"hydra.sweep.dir={workdir / 'cold'}", cwd=workdir)
     first = json.loads((workdir / "cold" / "0" / "metrics.json").read_text())
-    wall, _ = cli("-m", "hydra.sweeper.n_trials=10", cache, f"hydra.sweep.dir={workdir / 'warm'}", cwd=workdir)
+    start = datetime.now()
+    wall, proc = cli("-m", "hydra.sweeper.n_trials=10", "hydra.sweeper.study_name=warm", cache,
+                     f"hydra.sweep.dir={workdir / 'warm'}", cwd=workdir)
+    end = datetime.now()
     trials = [json.loads(p.read_text()) for p in (workdir / "warm").glob("*/metrics.json")]
     train_sum = sum(m["timings"]["train_seconds"] for m in trials)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[20")]
+    study_line = next(ln for ln in lines if "Study name" in ln)
+    best_line = next(ln for ln in lines if "Best value" in ln)
+    startup = (_log_time(study_line) - start).total_seconds()
+    teardown = (end - _log_time(best_line)).total_seconds()
     print("\n## a 10-trial sweep through the CLI, digits defaults, teacher and baseline cached")
     print(f"sweep wall time           {wall:8.2f} s  ({len(trials)} trials)")
     print(f"sum of trials' training   {train_sum:8.2f} s")
     print(f"overhead ratio            {wall / train_sum:8.2f}   (target <= 1.2)")
+    print(f"  of the overhead: start-up to the study {startup:.2f} s, exit after the last trial {teardown:.2f} s, "
+          f"the rest {wall - train_sum - startup - teardown:.2f} s over {len(trials)} trials")
     print(f"peak RSS of a sweep       {peak_mib:8.0f} MiB")
     print(f"first trial, cold cache   {cold:8.2f} s wall (teacher {first['timings']['teacher_seconds']:.1f} s, "
           f"baseline {first['timings']['baseline_seconds']:.1f} s, training {first['timings']['train_seconds']:.1f} s)")
