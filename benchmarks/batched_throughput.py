@@ -124,6 +124,8 @@ def sweep_seconds(args: argparse.Namespace, cache: Path, out: Path, k: int, laun
         f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.n_jobs={k}",
         # Random sampling for every trial: the same T and alpha in every variant, whatever the batching.
         f"hydra.sweeper.sampler.n_startup_trials={args.trials}", f"hydra.sweep.dir={out}",
+        # A study of its own: kdsweep's sweeper would otherwise find the last variant's study complete.
+        f"hydra.sweeper.study_name={out.name}",
     ]
     proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
