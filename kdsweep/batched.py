@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError, KDSweepError
 from kdsweep.losses import teacher_log_probs
-from kdsweep.train import FitResult, OptimizerFactory
+from kdsweep.train import FitResult, OptimizerFactory, divergence_error
 from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, trial_inputs
 
 log = logging.getLogger("kdsweep")
@@ -184,7 +184,7 @@ def fit_batch(
             optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
         except RuntimeError as e:  # no fused kernel for this device or dtype: the plain one is exact anyway
             log.info("the fused optimizer is not available here (%s); using the plain one", e)
-    outcomes: list[FitResult | DivergenceError] = [FitResult(best_state={}, best_epoch=0, best_val_acc=-math.inf) for _ in range(k)]
+    outcomes: list[FitResult | DivergenceError] = [FitResult() for _ in range(k)]
     step = 0
     for epoch in tqdm(range(1, epochs + 1), desc=f"{k} students", disable=not progress, leave=False):
         stack.train()
@@ -210,16 +210,9 @@ def fit_batch(
                 continue  # diverged earlier: its NaN weights keep training, apart from the others, unused
             loss, soft, hard = means[i]
             if not math.isfinite(loss):
-                # The same words as train.fit's; this trial fails, the others go on.
-                outcomes[i] = DivergenceError(
-                    f"training diverged: the mean loss of epoch {epoch} is {loss} (soft {soft}, hard "
-                    f"{hard}). Lower train.lr or check the inputs; this trial is recorded as failed."
-                )
+                outcomes[i] = divergence_error(epoch, loss, soft, hard)  # this trial fails, the others go on
                 continue
-            outcome.history.append({"epoch": epoch, "loss": loss, "soft": soft, "hard": hard, "val_acc": val_acc[i]})
-            if val_acc[i] > outcome.best_val_acc:
-                outcome.best_val_acc, outcome.best_epoch = val_acc[i], epoch
-                outcome.best_state = stack.state_dict(i)
+            outcome.record_epoch(epoch, loss, soft, hard, val_acc[i], lambda: stack.state_dict(i))
     seconds = time.perf_counter() - start
     for outcome in outcomes:
         if isinstance(outcome, FitResult):

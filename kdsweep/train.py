@@ -25,11 +25,32 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 @dataclass
 class FitResult:
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_val_acc: float
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_epoch: int = 0
+    best_val_acc: float = -math.inf
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def record_epoch(
+        self, epoch: int, loss: float, soft: float, hard: float, val_acc: float,
+        current_state: Callable[[], dict[str, torch.Tensor]],
+    ) -> None:
+        """Add an epoch to the history, and keep `current_state()` if its val accuracy is a new best.
+
+        Strictly better only: of epochs that tie, the earliest is kept.
+        """
+        self.history.append({"epoch": epoch, "loss": loss, "soft": soft, "hard": hard, "val_acc": val_acc})
+        if val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, epoch
+            self.best_state = current_state()
+
+
+def divergence_error(epoch: int, loss: float, soft: float, hard: float) -> DivergenceError:
+    """The error of a trial whose mean epoch loss is NaN or infinite."""
+    return DivergenceError(
+        f"training diverged: the mean loss of epoch {epoch} is {loss} (soft {soft}, hard "
+        f"{hard}). Lower train.lr or check the inputs; this trial is recorded as failed."
+    )
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -61,7 +82,7 @@ def fit(
     """
     start = time.perf_counter()
     n = len(train_x)
-    best = FitResult(best_state={}, best_epoch=0, best_val_acc=-math.inf)
+    best = FitResult()
     for epoch in tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False):
         model.train()
         order = torch.randperm(n, generator=generator).to(train_x.device)
@@ -79,14 +100,9 @@ def fit(
         sizes = torch.tensor([min(batch_size, n - b) for b in range(0, n, batch_size)], device=train_x.device)
         loss, soft, hard = ((torch.stack(step_losses) * sizes[:, None]).sum(0) / n).tolist()
         if not math.isfinite(loss):
-            raise DivergenceError(
-                f"training diverged: the mean loss of epoch {epoch} is {loss} (soft {soft}, hard "
-                f"{hard}). Lower train.lr or check the inputs; this trial is recorded as failed."
-            )
+            raise divergence_error(epoch, loss, soft, hard)
         val_acc = accuracy(predict_logits(model, val.x), val.y)
-        best.history.append({"epoch": epoch, "loss": loss, "soft": soft, "hard": hard, "val_acc": val_acc})
-        if val_acc > best.best_val_acc:
-            best.best_val_acc, best.best_epoch = val_acc, epoch
-            best.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best.record_epoch(epoch, loss, soft, hard, val_acc,
+                          lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
     best.seconds = time.perf_counter() - start
     return best
