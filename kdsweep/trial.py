@@ -23,11 +23,11 @@ from torch import nn
 from kdsweep import cache
 from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
 from kdsweep.data import Dataset, load_data
-from kdsweep.losses import ce_loss, kd_loss_from_log_probs, teacher_log_probs
+from kdsweep.losses import LossParts, ce_loss, kd_loss_from_log_probs, teacher_log_probs
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import count_parameters
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint
-from kdsweep.train import FitResult, OptimizerFactory, fit
+from kdsweep.train import FitResult, LossFn, OptimizerFactory, fit
 
 log = logging.getLogger("kdsweep")
 
@@ -74,15 +74,16 @@ _TEACHER_LOGITS: dict[str, tuple[TeacherLogits, dict[str, Any]]] = {}
 _BASELINES: dict[str, dict[str, float]] = {}
 
 
-def train_supervised(
-    net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, *, epochs: int, batch_size: int,
-    lr: float, weight_decay: float, seed: int, max_shift: int = 0, description: str = "train",
+def train_network(
+    net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, loss_fn: LossFn | None = None, *,
+    epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
+    description: str = "train",
 ) -> FitResult:
-    """Train `net` with cross-entropy on the hard labels (a teacher, or the baseline student)."""
+    """Train `net` on the training set with `loss_fn`; by default cross-entropy on the hard labels."""
     labels = data.train.y
     optimizer = make_optimizer(net.parameters(), lr=lr, weight_decay=weight_decay)
     return fit(
-        net, data.train.x, lambda logits, idx: ce_loss(logits, labels[idx]), optimizer, data.val,
+        net, data.train.x, loss_fn or (lambda logits, idx: ce_loss(logits, labels[idx])), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
         max_shift=max_shift, progress=sys.stderr.isatty(), description=description,
     )
@@ -101,13 +102,12 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
     net = settings.make_teacher(input_shape=data.input_shape, num_classes=data.num_classes).to(settings.device)
     if t.checkpoint:
         load_checkpoint(net, Path(t.checkpoint))
-        net.to(settings.device)
         source = "checkpoint"
     else:
 
         def build() -> dict[str, Any]:
             log.info("training the teacher (%d epochs); it is cached for later runs", t.epochs)
-            result = train_supervised(
+            result = train_network(
                 net, data, settings.make_optimizer, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                 weight_decay=t.weight_decay, seed=t.seed, max_shift=t.max_shift, description="teacher",
             )
@@ -146,18 +146,17 @@ def new_student(settings: TrialSettings, data: Dataset) -> nn.Module:
 
 
 def fit_student(settings: TrialSettings, inputs: TrialInputs, student: nn.Module) -> FitResult:
-    data, loss, train = inputs.data, settings.loss, settings.train
-    if inputs.teacher_logits is None:
-        return train_supervised(student, data, settings.make_optimizer, **settings.student_schedule, description="student")
-    soft_targets = teacher_log_probs(inputs.teacher_logits.train, loss.temperature)
-    labels = data.train.y
-    optimizer = settings.make_optimizer(student.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    return fit(
-        student, data.train.x,
-        lambda s, idx: kd_loss_from_log_probs(s, soft_targets[idx], labels[idx], loss.temperature, loss.alpha),
-        optimizer, data.val, epochs=train.epochs, batch_size=train.batch_size,
-        generator=torch.Generator().manual_seed(settings.seed), progress=sys.stderr.isatty(), description="student",
-    )
+    """Train the student with the trial's loss: KD against the teacher's soft labels, or plain CE."""
+    loss_fn: LossFn | None = None  # cross-entropy: the baseline student
+    if inputs.teacher_logits is not None:
+        loss, labels = settings.loss, inputs.data.train.y
+        soft_targets = teacher_log_probs(inputs.teacher_logits.train, loss.temperature)
+
+        def loss_fn(s: torch.Tensor, idx: torch.Tensor) -> LossParts:
+            return kd_loss_from_log_probs(s, soft_targets[idx], labels[idx], loss.temperature, loss.alpha)
+
+    return train_network(student, inputs.data, settings.make_optimizer, loss_fn, **settings.student_schedule,
+                         description="student")
 
 
 def get_baseline(settings: TrialSettings, data: Dataset) -> dict[str, float]:
@@ -168,7 +167,7 @@ def get_baseline(settings: TrialSettings, data: Dataset) -> dict[str, float]:
     def build() -> dict[str, Any]:
         log.info("training the baseline student (cross-entropy); it is cached for later trials")
         student = new_student(settings, data)
-        result = train_supervised(student, data, settings.make_optimizer, **settings.student_schedule, description="baseline")
+        result = train_network(student, data, settings.make_optimizer, **settings.student_schedule, description="baseline")
         student.load_state_dict(result.best_state)
         return {
             "state_dict": {k: v.cpu() for k, v in result.best_state.items()},
