@@ -2,12 +2,14 @@
 
     python benchmarks/batched_throughput.py [--repeats 2] [--subset 10000] [--epochs 3] [--trials 16]
 
-Fashion-MNIST, student 784-128-10 (model=mlp), batch 64, one torch thread by default (--threads;
-the machine's cores are shared, and one thread keeps the variants comparable). Prints:
+Fashion-MNIST, student 784-128-10 (model=mlp), batch 64. Threads as kdsweep's defaults: a single
+trial on --threads (1, train.num_threads), stacked trials on --batch-threads (one per core, the
+batched launcher's num_threads). Prints:
 
-1. per-step time of one trial (`train.fit`) against K stacked trials (`batched.fit_batch`), K = 1, 8,
-   16, with the fused Adam the launcher uses, and K = 8 with the plain Adam a single run uses; the
-   target is a K = 8 step costing at most 3x one trial's;
+1. per-step time of one trial (`train.fit`) on 1 thread and on every core, against K stacked trials
+   (`batched.fit_batch`), K = 1, 8, 16, with the fused Adam the launcher uses, and K = 8 with the
+   plain Adam a single run uses; the target is a K = 8 step costing at most 3x one trial's (the
+   faster of its two thread counts);
 2. sweep throughput, trials per minute, of the same Optuna trials (all from the seeded random
    sampler, so every variant trains the same T and alpha) with the basic launcher and with
    `hydra/launcher=kdsweep_batched` at n_jobs K = 1, 4, 8, 16. The time is the sweep's own, from
@@ -62,17 +64,21 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
     data = inputs.data
     val = Split(data.val.x[:256], data.val.y[:256])  # a small val set: the time is the steps'
     steps = math_ceil(len(data.train), 64)
-    times: dict[str, list[float]] = {"one trial": []} | {f"K={k}": [] for k in ks} | {"K=8 plain": []}
+    singles = sorted({args.threads, args.batch_threads})
+    times: dict[str, list[float]] = {f"one trial, {t} thr": [] for t in singles} | {f"K={k}": [] for k in ks} | {"K=8 plain": []}
     for _ in range(args.repeats):
         s = settings[0]
-        student = trial.new_student(s, data)
-        soft = teacher_log_probs(inputs.teacher_logits.train, s.loss.temperature)
-        optimizer = s.make_optimizer(student.parameters(), lr=s.train.lr, weight_decay=0.0)
-        result = fit(student, data.train.x,
-                     lambda z, idx: kd_loss_from_log_probs(z, soft[idx], data.train.y[idx], s.loss.temperature, s.loss.alpha),
-                     optimizer, val, epochs=1, batch_size=64, generator=torch.Generator().manual_seed(0))
-        times["one trial"].append(result.seconds / steps * 1e3)
-        for name in list(times)[1:]:
+        for threads in singles:
+            torch.set_num_threads(threads)
+            student = trial.new_student(s, data)
+            soft = teacher_log_probs(inputs.teacher_logits.train, s.loss.temperature)
+            optimizer = s.make_optimizer(student.parameters(), lr=s.train.lr, weight_decay=0.0)
+            result = fit(student, data.train.x,
+                         lambda z, idx: kd_loss_from_log_probs(z, soft[idx], data.train.y[idx], s.loss.temperature, s.loss.alpha),
+                         optimizer, val, epochs=1, batch_size=64, generator=torch.Generator().manual_seed(0))
+            times[f"one trial, {threads} thr"].append(result.seconds / steps * 1e3)
+        torch.set_num_threads(args.batch_threads)
+        for name in list(times)[len(singles):]:
             k = int(name.split()[0][2:])
             group = settings[:k]
             softs = torch.stack([teacher_log_probs(inputs.teacher_logits.train, x.loss.temperature) for x in group])
@@ -126,7 +132,7 @@ def sweep_seconds(args: argparse.Namespace, cache: Path, out: Path, k: int, laun
         f"hydra.sweeper.sampler.n_startup_trials={args.trials}", f"hydra.sweep.dir={out}",
         # A study of its own: kdsweep's sweeper would otherwise find the last variant's study complete.
         f"hydra.sweeper.study_name={out.name}",
-    ]
+    ] + ([f"hydra.launcher.num_threads={args.batch_threads}"] if launcher == "kdsweep_batched" else [])
     proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode != 0:
@@ -142,12 +148,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="student epochs per trial")
     parser.add_argument("--trials", type=int, default=16, help="trials per sweep")
     parser.add_argument("--ks", default="1,4,8,16", help="batch sizes K (hydra.sweeper.n_jobs)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (train.num_threads)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of a single trial (train.num_threads)")
+    parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of stacked trials (hydra.launcher.num_threads)")
     parser.add_argument("--skip-sweeps", action="store_true")
     parser.add_argument("--drift", action="store_true", help="only measure batched-vs-alone drift")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()}, {args.threads} torch thread(s)")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()}, "
+          f"{args.threads} torch thread(s) per single trial, {args.batch_threads} per batch")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         if args.drift:
@@ -155,14 +164,14 @@ def main() -> None:
             drift(args, cache)
             return
         times = step_times(args, cache, [k for k in (1, 8, 16) if k <= max(ks)])
-        one = statistics.median(times["one trial"])
+        one = min(statistics.median(v) for name, v in times.items() if name.startswith("one trial"))
         print(f"\nPer-step time, Fashion-MNIST {args.subset} examples, 784-128-10 student, batch 64 "
               f"(median of {args.repeats}):")
-        print(f"{'variant':<12}{'ms/step':>10}{'ms/step/trial':>16}{'x one trial':>13}")
+        print(f"{'variant':<18}{'ms/step':>10}{'ms/step/trial':>16}{'x one trial':>13}")
         for name, values in times.items():
-            k = 1 if name == "one trial" else int(name.split()[0][2:])
+            k = 1 if name.startswith("one trial") else int(name.split()[0][2:])
             med = statistics.median(values)
-            print(f"{name:<12}{med:>10.2f}{med / k:>16.2f}{med / one:>13.2f}")
+            print(f"{name:<18}{med:>10.2f}{med / k:>16.2f}{med / one:>13.2f}")
         if "K=8" in times:
             ratio = statistics.median(times["K=8"]) / one
             print(f"target: a K=8 step at most 3x one trial's: {ratio:.2f}x -> {'met' if ratio <= 3 else 'NOT met'}")

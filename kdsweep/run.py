@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -106,3 +107,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     main()
+    # Everything is written and closed by now. Without this, the interpreter's last garbage collection
+    # walks every object that torch, optuna and their imports made, about 1.4 s of each sweep's exit
+    # here, only to free memory that the OS takes back anyway.
+    gc.freeze()

@@ -6,6 +6,7 @@ that trains several students at once reuses `trial_inputs`, `new_student` and `f
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -228,13 +229,18 @@ def finish_trial(
         "results": results,
         "history": result.history,
         "timings": timings,
-        "versions": {name: version(name) for name in ("kdsweep", "torch", "hydra-core", "optuna")}
-        | {"python": platform.python_version()},
+        "versions": dict(_versions()),
     }
     cache.atomic_write(output_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), mode="w")
     gain = f", gain over the baseline {results['gain']:+.4f}" if "gain" in results else ""
     log.info("val acc %.4f, test acc %.4f%s", results["best_val_acc"], results["test_acc"], gain)
     return metrics
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    # Cached: each lookup scans the installed packages' metadata, a few ms apiece, in every trial.
+    return {name: version(name) for name in ("kdsweep", "torch", "hydra-core", "optuna")} | {"python": platform.python_version()}
 
 
 def run_trial(settings: TrialSettings, output_dir: Path) -> float:

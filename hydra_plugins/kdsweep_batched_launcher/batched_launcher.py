@@ -16,7 +16,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
@@ -38,6 +38,10 @@ class KDSweepBatchedLauncherConf:
     # faster for K stacked students, whose optimizer state outgrows the cache; the same update up to
     # rounding (within 1e-6 of one plain optimizer per trial). false: the plain optimizer, as a single run.
     fused_optimizer: bool = True
+    # torch CPU threads while a batch trains. null: one per core. K stacked students are work enough
+    # for every core, where one small student is not (hence train.num_threads: 1, which still applies
+    # to jobs that run one by one).
+    num_threads: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="kdsweep_batched", node=KDSweepBatchedLauncherConf, provider="kdsweep")
@@ -79,9 +83,10 @@ def _is_kdsweep_main(task_function: Any) -> bool:
 class KDSweepBatchedLauncher(BasicLauncher):
     """The basic launcher, except that batchable jobs are trained as one model."""
 
-    def __init__(self, fused_optimizer: bool = True) -> None:
+    def __init__(self, fused_optimizer: bool = True, num_threads: Optional[int] = None) -> None:
         super().__init__()
         self.fused_optimizer = fused_optimizer
+        self.num_threads = num_threads
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -145,7 +150,7 @@ class KDSweepBatchedLauncher(BasicLauncher):
         finally:
             HydraConfig.instance().cfg = hydra_config
         try:
-            return train_trials(settings, fused_optimizer=self.fused_optimizer), ""
+            return train_trials(settings, fused_optimizer=self.fused_optimizer, num_threads=self.num_threads), ""
         except NotBatchable as e:
             return None, str(e)
         except KDSweepError as e:  # e.g. unreadable data: each job then fails with it in its own folder

@@ -248,8 +248,11 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
         """
         from kdsweep.run import settings_from_config
 
-        base = {name: _endpoints(d)[0] for name, d in search.items()}
-        probes = [dict(base)] + [{**base, name: v} for name, d in search.items() for v in _endpoints(d)[1:]]
+        # Two compositions (every range at its low end, then at its high end) cover the ranges' ends;
+        # a categorical's other choices get a probe each.
+        ends = {name: _endpoints(d) for name, d in search.items()}
+        probes = [{name: e[0] for name, e in ends.items()}, {name: e[-1] for name, e in ends.items()}]
+        probes += [{**probes[0], name: v} for name, e in ends.items() for v in e[1:-1]]
         fixed_overrides = [f"{k}={v}" for k, v in fixed.items()]
         for probe in probes:
             overrides = fixed_overrides + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in probe.items()]
@@ -484,6 +487,10 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous_term)
         self._save_results(study)
+        # Close the database connections now rather than leave it to garbage collection at exit.
+        engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+        if engine is not None:
+            engine.dispose()
 
     def _save_results(self, study: optuna.Study) -> None:
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
