@@ -11,7 +11,9 @@ Part 1 times, in one process and on the same data, settings and number of optimi
   floor      the student's bare optimizer steps on in-memory tensors, teacher logits precomputed.
 The variants are interleaved and repeated; medians are printed. Part 2 times a 10-trial sweep
 through the CLI (teacher and baseline cached) against the sum of its trials' training seconds, and a
-cold 1-trial sweep (teacher training included). Part 3 times start-up.
+cold 1-trial sweep (teacher training included): on the digits defaults (about 3 s of training per
+trial) and on the issue's Fashion-MNIST workload (50,000 images, 784-128-10 student, 5 epochs). Part
+3 times start-up, and the libraries' share of every process's start-up.
 """
 
 from __future__ import annotations
@@ -122,17 +124,18 @@ def _log_time(line: str) -> datetime:
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
 
 
-def part2(workdir: Path) -> None:
+def part2(workdir: Path, label: str, overrides: list[str]) -> None:
     cache = f"cache_dir={workdir / 'sweep-cache'}"
+    name = label.split()[0].strip(",").lower()
     # Each sweep its own study: kdsweep's sweeper would otherwise resume the first one's.
-    cold, _ = cli("-m", "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=cold", cache,
-                  f"hydra.sweep.dir={workdir / 'cold'}", cwd=workdir)
-    first = json.loads((workdir / "cold" / "0" / "metrics.json").read_text())
+    cold, _ = cli("-m", *overrides, "hydra.sweeper.n_trials=1", f"hydra.sweeper.study_name={name}-cold", cache,
+                  f"hydra.sweep.dir={workdir / name / 'cold'}", cwd=workdir)
+    first = json.loads((workdir / name / "cold" / "0" / "metrics.json").read_text())
     start = datetime.now()
-    wall, proc = cli("-m", "hydra.sweeper.n_trials=10", "hydra.sweeper.study_name=warm", cache,
-                     f"hydra.sweep.dir={workdir / 'warm'}", cwd=workdir)
+    wall, proc = cli("-m", *overrides, "hydra.sweeper.n_trials=10", f"hydra.sweeper.study_name={name}-warm", cache,
+                     f"hydra.sweep.dir={workdir / name / 'warm'}", cwd=workdir)
     end = datetime.now()
-    trials = [json.loads(p.read_text()) for p in (workdir / "warm").glob("*/metrics.json")]
+    trials = [json.loads(p.read_text()) for p in (workdir / name / "warm").glob("*/metrics.json")]
     train_sum = sum(m["timings"]["train_seconds"] for m in trials)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[20")]
@@ -140,7 +143,7 @@ def part2(workdir: Path) -> None:
     best_line = next(ln for ln in lines if "Best value" in ln)
     startup = (_log_time(study_line) - start).total_seconds()
     teardown = (end - _log_time(best_line)).total_seconds()
-    print("\n## a 10-trial sweep through the CLI, digits defaults, teacher and baseline cached")
+    print(f"\n## a 10-trial sweep through the CLI, {label}, teacher and baseline cached")
     print(f"sweep wall time           {wall:8.2f} s  ({len(trials)} trials)")
     print(f"sum of trials' training   {train_sum:8.2f} s")
     print(f"overhead ratio            {wall / train_sum:8.2f}   (target <= 1.2)")
@@ -164,6 +167,11 @@ def part3(workdir: Path) -> None:
     print("\n## start-up (median of 3)")
     print(f"python -c 'import torch'       {median_wall(['-c', 'import torch']):6.2f} s")
     print(f"python -m kdsweep.run --help   {median_wall(['-m', 'kdsweep.run', '--help']):6.2f} s")
+    # What every sweep process pays before its first trial can train, whatever kdsweep does: torch,
+    # optuna 2.10 (which imports scipy.stats, matplotlib, sklearn, pandas, sqlalchemy as it loads) and
+    # torch._dynamo, which torch.optim imports when the first optimizer is built.
+    libraries = "import gc, torch, optuna; torch.optim.Adam([torch.zeros(1, requires_grad=True)]); gc.freeze()"
+    print(f"{'libraries a sweep imports':<31}{median_wall(['-c', libraries]):6.2f} s  (torch, optuna, torch._dynamo)")
     probe = "import sys, kdsweep.run; print(sorted(m for m in ('pandas', 'sklearn', 'optuna', 'matplotlib') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workdir,
                             env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
@@ -181,11 +189,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        # The sweeps first, while this process is small: the kernel counts a child's peak memory
+        # from before its exec too, i.e. this process's size when it starts the child.
+        if not args.skip_sweep:
+            part2(workdir, "digits defaults", [])
+            part2(workdir, "Fashion-MNIST, 50,000 images, student 784-128-10, 5 epochs",
+                  ["data=fashion_mnist", "model=mlp", "train.epochs=5", "model.teacher.epochs=2"])
         part1("digits", ["data=digits", "model.teacher.epochs=1", f"train.epochs={args.digits_epochs}"], args.repeats, workdir)
         part1("Fashion-MNIST", ["data=fashion_mnist", f"data.subset={args.fashion_subset}", "model.teacher.epochs=1",
                                 f"train.epochs={args.fashion_epochs}", "model.student.width=128"], args.repeats, workdir)
-        if not args.skip_sweep:
-            part2(workdir)
         part3(workdir)
 
 

@@ -181,6 +181,42 @@ def test_a_cnn_student_is_batched_through_the_same_generic_path(cache_dir):
         assert_same_history(single.history, outcomes[i].history)
 
 
+STUDENTS = {
+    "mlp": lambda: MLP((1, 8, 8), 10, width=16, depth=2),  # batched matmuls, written out
+    "cnn": lambda: SmallCNN((1, 8, 8), 10, channels=(4, 8), hidden=16),  # vmap
+}
+
+
+@pytest.mark.parametrize("kind", STUDENTS)
+def test_stacked_students_compute_each_students_own_logits(kind):
+    torch.manual_seed(0)
+    students = [STUDENTS[kind]() for _ in range(3)]
+    stack = batched.StackedStudents(students)
+    assert (stack.layers is not None) == (kind == "mlp")
+    x, per_trial = torch.rand(5, 1, 8, 8), torch.rand(3, 5, 1, 8, 8)
+    stack.match_gradient_layout(x, shared=True)
+    shared, own = stack(x, shared=True), stack(per_trial, shared=False)
+    for i, student in enumerate(students):
+        torch.testing.assert_close(shared[i], student(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(own[i], student(per_trial[i]), rtol=0, atol=1e-6)
+        assert all(torch.equal(stack.state_dict(i)[name], p) for name, p in student.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", STUDENTS)
+def test_stacked_parameters_are_laid_out_as_their_gradients_come(kind):
+    # Otherwise autograd copies each gradient into the parameter's layout, every step.
+    torch.manual_seed(0)
+    stack = batched.StackedStudents([STUDENTS[kind]() for _ in range(3)])
+    x = torch.rand(5, 1, 8, 8)
+    leaves = list(stack.params.values())
+    grads = torch.autograd.grad(stack(x, shared=True).sum(), leaves)
+    assert any(g.stride() != p.stride() for p, g in zip(leaves, grads))  # the Linear weights' come transposed
+    stack.match_gradient_layout(x, shared=True)
+    leaves = list(stack.params.values())
+    grads = torch.autograd.grad(stack(x, shared=True).sum(), leaves)
+    assert [g.stride() for g in grads] == [p.stride() for p in leaves]
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_a_diverging_trial_fails_alone(cache_dir, fused):
     all_settings = settings_for(cache_dir)
