@@ -26,8 +26,8 @@ from kdsweep.train import FitResult, fit
 # (T, alpha, seed) of the three trials: two share seed 0, one has its own batch order.
 TRIALS = [(2.0, 0.3, 0), (4.0, 0.5, 1), (8.0, 0.9, 0)]
 # How far batched and single runs drifted apart, measured on these tiny runs: per-step losses by at
-# most ~5e-7, epoch losses by ~3e-7 relative, weights by ~1e-7. Longer runs drift further (README,
-# "Trial batching": one of four 10-epoch Fashion-MNIST trials by 2% in an epoch's loss).
+# most ~5e-7 (the first step's by ~3.6e-7), weights by ~6e-8. Longer runs drift further (README,
+# "Trial batching": two of four 10-epoch Fashion-MNIST trials by up to 5e-4 in an epoch's loss).
 LOSS_RTOL = 1e-5
 
 
