@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from conftest import read_metrics, run_cli
+from kdsweep.data import load_data
+from kdsweep.metrics import accuracy, predict_logits
 from kdsweep.models import SmallCNN
 
 
@@ -37,6 +39,20 @@ def test_a_second_run_loads_the_cached_teacher(tmp_path, tiny):
     assert second["timings"]["teacher_source"] == "cache"
     assert second["results"]["teacher_test_acc"] == first["results"]["teacher_test_acc"]
     assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1
+
+
+def test_the_cached_teacher_holds_its_own_logits(tmp_path, tiny):
+    # A later process takes the teacher's logits from the cache instead of running the teacher.
+    run_cli(tmp_path, *tiny)
+    (entry,) = (tmp_path / "cache" / "teacher").glob("*.pt")
+    payload = torch.load(entry, weights_only=True)["payload"]
+    teacher = SmallCNN((1, 8, 8), 10, channels=(32, 64), hidden=128, dropout=0.3)
+    teacher.load_state_dict(payload["state_dict"])
+    data = load_data("digits", split_seed=0)
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(payload["logits"][split], predict_logits(teacher.eval(), getattr(data, split).x))
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["results"]["teacher_test_acc"] == accuracy(payload["logits"]["test"], data.test.y)
 
 
 def test_a_changed_teacher_setting_trains_a_new_teacher(tmp_path, tiny):
