@@ -1,6 +1,6 @@
 """What one trial and one sweep cost: kdsweep against the tutorial's loop and against the floor.
 
-    python benchmarks/trial_speed.py [--repeats 5] [--fashion-subset 20000] [--fashion-epochs 5]
+    python benchmarks/trial_speed.py [--repeats 5] [--sweep-repeats 3] [--fashion-subset 20000] [--fashion-epochs 5]
 
 Part 1 times, in one process and on the same data, settings and number of optimizer steps:
   reference  the PyTorch tutorial's loop (benchmarks/tutorial_reference.py: DataLoader, teacher
@@ -124,31 +124,36 @@ def _log_time(line: str) -> datetime:
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
 
 
-def part2(workdir: Path, label: str, overrides: list[str]) -> None:
+def part2(workdir: Path, label: str, overrides: list[str], repeats: int) -> None:
     cache = f"cache_dir={workdir / 'sweep-cache'}"
     name = label.split()[0].strip(",").lower()
     # Each sweep its own study: kdsweep's sweeper would otherwise resume the first one's.
     cold, _ = cli("-m", *overrides, "hydra.sweeper.n_trials=1", f"hydra.sweeper.study_name={name}-cold", cache,
                   f"hydra.sweep.dir={workdir / name / 'cold'}", cwd=workdir)
     first = json.loads((workdir / name / "cold" / "0" / "metrics.json").read_text())
-    start = datetime.now()
-    wall, proc = cli("-m", *overrides, "hydra.sweeper.n_trials=10", f"hydra.sweeper.study_name={name}-warm", cache,
-                     f"hydra.sweep.dir={workdir / name / 'warm'}", cwd=workdir)
-    end = datetime.now()
-    trials = [json.loads(p.read_text()) for p in (workdir / name / "warm").glob("*/metrics.json")]
-    train_sum = sum(m["timings"]["train_seconds"] for m in trials)
+    runs = []  # per repeat: wall, training, start-up to the study, exit after the last trial
+    for r in range(repeats):
+        start = datetime.now()
+        wall, proc = cli("-m", *overrides, "hydra.sweeper.n_trials=10", f"hydra.sweeper.study_name={name}-warm{r}",
+                         cache, f"hydra.sweep.dir={workdir / name / f'warm{r}'}", cwd=workdir)
+        end = datetime.now()
+        trials = [json.loads(p.read_text()) for p in (workdir / name / f"warm{r}").glob("*/metrics.json")]
+        assert len(trials) == 10
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[20")]
+        study_line = next(ln for ln in lines if "Study name" in ln)
+        best_line = next(ln for ln in lines if "Best value" in ln)
+        runs.append((wall, sum(m["timings"]["train_seconds"] for m in trials),
+                     (_log_time(study_line) - start).total_seconds(), (end - _log_time(best_line)).total_seconds()))
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[20")]
-    study_line = next(ln for ln in lines if "Study name" in ln)
-    best_line = next(ln for ln in lines if "Best value" in ln)
-    startup = (_log_time(study_line) - start).total_seconds()
-    teardown = (end - _log_time(best_line)).total_seconds()
-    print(f"\n## a 10-trial sweep through the CLI, {label}, teacher and baseline cached")
-    print(f"sweep wall time           {wall:8.2f} s  ({len(trials)} trials)")
-    print(f"sum of trials' training   {train_sum:8.2f} s")
-    print(f"overhead ratio            {wall / train_sum:8.2f}   (target <= 1.2)")
+    ratios = sorted(wall / train for wall, train, _, _ in runs)
+    wall, train, startup, teardown = (statistics.median(column) for column in zip(*runs))
+    print(f"\n## a 10-trial sweep through the CLI, {label}, teacher and baseline cached, median of {repeats}")
+    print(f"sweep wall time           {wall:8.2f} s")
+    print(f"sum of trials' training   {train:8.2f} s")
+    print(f"overhead ratio            {statistics.median(ratios):8.2f}   (target <= 1.2; each sweep: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)})")
     print(f"  of the overhead: start-up to the study {startup:.2f} s, exit after the last trial {teardown:.2f} s, "
-          f"the rest {wall - train_sum - startup - teardown:.2f} s over {len(trials)} trials")
+          f"the rest {wall - train - startup - teardown:.2f} s over 10 trials")
     print(f"peak RSS of a sweep       {peak_mib:8.0f} MiB")
     print(f"first trial, cold cache   {cold:8.2f} s wall (teacher {first['timings']['teacher_seconds']:.1f} s, "
           f"baseline {first['timings']['baseline_seconds']:.1f} s, training {first['timings']['train_seconds']:.1f} s)")
@@ -184,6 +189,7 @@ def main() -> None:
     parser.add_argument("--fashion-subset", type=int, default=20_000)
     parser.add_argument("--fashion-epochs", type=int, default=5)
     parser.add_argument("--digits-epochs", type=int, default=100)
+    parser.add_argument("--sweep-repeats", type=int, default=3)
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
@@ -192,9 +198,9 @@ def main() -> None:
         # The sweeps first, while this process is small: the kernel counts a child's peak memory
         # from before its exec too, i.e. this process's size when it starts the child.
         if not args.skip_sweep:
-            part2(workdir, "digits defaults", [])
+            part2(workdir, "digits defaults", [], args.sweep_repeats)
             part2(workdir, "Fashion-MNIST, 50,000 images, student 784-128-10, 5 epochs",
-                  ["data=fashion_mnist", "model=mlp", "train.epochs=5", "model.teacher.epochs=2"])
+                  ["data=fashion_mnist", "model=mlp", "train.epochs=5", "model.teacher.epochs=2"], args.sweep_repeats)
         part1("digits", ["data=digits", "model.teacher.epochs=1", f"train.epochs={args.digits_epochs}"], args.repeats, workdir)
         part1("Fashion-MNIST", ["data=fashion_mnist", f"data.subset={args.fashion_subset}", "model.teacher.epochs=1",
                                 f"train.epochs={args.fashion_epochs}", "model.student.width=128"], args.repeats, workdir)

@@ -2,8 +2,8 @@
 
 The trials of a sweep batch share the data, the teacher's logits and the student's architecture and
 differ only in T, alpha and the seed. So their K students are stacked (`torch.func.stack_module_state`)
-and run as one model (`torch.vmap` over `torch.func.functional_call`), one optimizer steps the stacked
-parameters, and the K losses, each with its own T and alpha, are summed. Every piece keeps the trials
+and run as one model (an MLP as batched matmuls, any other network through `torch.vmap` over
+`torch.func.functional_call`), one optimizer steps the stacked parameters, and the K losses, each with its own T and alpha, are summed. Every piece keeps the trials
 apart, so each trial is the trial it would be alone:
 
 - initial weights: each student comes from `trial.new_student` with its own seed, then is stacked;
@@ -80,9 +80,9 @@ class StackedStudents:
     def match_gradient_layout(self, x: torch.Tensor, shared: bool) -> None:
         """Store each stacked parameter in the memory layout its gradient comes in.
 
-        vmap's backward of a Linear gives the stacked weight's gradient transposed, and autograd then
-        copies each such gradient into the parameter's layout, every step (K=8, 784-128-10: a third
-        of the step). A leaf laid out like its gradient takes the gradient as it is; the module still
+        The batched backward of a Linear gives the stacked weight's gradient transposed, and autograd
+        then copies each such gradient into the parameter's layout, every step (K=8, 784-128-10: a
+        third of the step). A leaf laid out like its gradient takes the gradient as it is; the module still
         sees its usual shape, through a permuted view. Values are unchanged.
         """
         grads = torch.autograd.grad(self(x, shared).sum(), list(self.params.values()))
