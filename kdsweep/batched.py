@@ -177,16 +177,19 @@ def kd_losses(soft_targets: torch.Tensor, labels: torch.Tensor, temperature: tor
     its per-trial fallback loop costs more than the students. tests/test_batched.py checks that each
     trial's value equals `kd_loss_from_log_probs`.
     """
-    teacher_probs = soft_targets.exp()
+    # Example-major (N, K, 2, C): log p and p of every trial for one example are one row, so a batch
+    # is one gather of contiguous rows rather than two strided gathers per step.
+    by_example = torch.stack([soft_targets, soft_targets.exp()], dim=2).transpose(0, 1).contiguous()
     t = temperature[:, None, None]
     trials = torch.arange(len(soft_targets), device=soft_targets.device)[:, None]
 
     def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         k, b, c = logits.shape
         if idx.dim() == 1:
-            log_p, p, y = soft_targets[:, idx], teacher_probs[:, idx], labels[idx].expand(k, b)
+            targets, y = by_example[idx].transpose(0, 1), labels[idx].expand(k, b)
         else:
-            log_p, p, y = soft_targets[trials, idx], teacher_probs[trials, idx], labels[idx]
+            targets, y = by_example[idx, trials], labels[idx]
+        log_p, p = targets[:, :, 0], targets[:, :, 1]
         # F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) per trial: sum p (log p - log q) / B
         kl = (p * (log_p - F.log_softmax(logits / t, dim=-1))).sum(dim=(1, 2)) / b
         soft = temperature**2 * kl
