@@ -102,7 +102,7 @@ class StackedStudents:
     def __call__(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         """Logits (K, B, C) for inputs x, one batch for all trials (B, ...) or one per trial (K, B, ...)."""
         if self.layers is not None:
-            return _stacked_sequential(self.layers, self.module_params(), x, shared)
+            return _stacked_sequential(self.layers, self.module_params(), x, shared, self.k)
         return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(self.module_params(), self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
@@ -139,11 +139,13 @@ def _sequential_layers(net: nn.Module) -> list[tuple[str, str]] | None:
     return layers
 
 
-def _stacked_sequential(layers: list[tuple[str, str]], params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
+def _stacked_sequential(
+    layers: list[tuple[str, str]], params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool, k: int
+) -> torch.Tensor:
     """The forward of K stacked MLPs as batched matmuls. Written out, not vmapped: vmap's
     per-call work (swapping the module's parameters, batching every op) cost about 0.9 ms a step
     here, as much as a whole 784-128-10 student's step."""
-    h, k = x, len(next(iter(params.values())))
+    h = x
     for kind, name in layers:
         if kind == "flatten":
             h = h.flatten(1 if shared else 2)

@@ -160,6 +160,11 @@ class Heartbeat:
         self.stop.set()
 
 
+def _engine(storage: Any) -> Any:
+    """The SQLAlchemy engine behind an Optuna RDB storage (cached or not); None for other storages."""
+    return getattr(getattr(storage, "_backend", storage), "engine", None)
+
+
 @contextlib.contextmanager
 def claim_lock(storage: Any, url: str | None, study_name: str) -> Iterator[None]:
     """Serialise "count the study's trials, then ask" across workers, so n_trials is met exactly.
@@ -173,7 +178,7 @@ def claim_lock(storage: Any, url: str | None, study_name: str) -> Iterator[None]
         return
     import sqlalchemy
 
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    engine = _engine(storage)
     own_engine = engine is None and url is not None and url.startswith("postgresql")
     if own_engine:  # before the storage exists
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
@@ -488,7 +493,7 @@ class KDSweepSweeperImpl(OptunaSweeperImpl):
                 signal.signal(signal.SIGTERM, previous_term)
         self._save_results(study)
         # Close the database connections now rather than leave it to garbage collection at exit.
-        engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+        engine = _engine(study._storage)
         if engine is not None:
             engine.dispose()
 
