@@ -177,7 +177,7 @@ def part3(workdir: Path) -> None:
     # torch._dynamo, which torch.optim imports when the first optimizer is built.
     libraries = "import gc, torch, optuna; torch.optim.Adam([torch.zeros(1, requires_grad=True)]); gc.freeze()"
     print(f"{'libraries a sweep imports':<31}{median_wall(['-c', libraries]):6.2f} s  (torch, optuna, torch._dynamo)")
-    probe = "import sys, kdsweep.run; print(sorted(m for m in ('pandas', 'sklearn', 'optuna', 'matplotlib') if m in sys.modules))"
+    probe = "import sys, kdsweep.run; print(sorted(m for m in ('torch', 'pandas', 'sklearn', 'optuna', 'matplotlib') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workdir,
                             env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
     print(f"heavy modules imported by `import kdsweep.run`: {loaded}")

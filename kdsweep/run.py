@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,13 +20,18 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.config import LossSettings, TeacherSettings, TrainSettings, resolve_device
 from kdsweep.errors import KDSweepError
-from kdsweep.trial import TrialSettings, run_trial
+
+if TYPE_CHECKING:
+    from kdsweep.trial import TrialSettings
 
 
 def settings_from_config(cfg: DictConfig) -> TrialSettings:
     """The seam between Hydra and code: plain checked values, and factories for the `_target_` leaves."""
+    # Imported here, not at the top: they import torch (1-2 s), which `--help` and -c job never use.
+    from kdsweep.config import LossSettings, TeacherSettings, TrainSettings, resolve_device
+    from kdsweep.trial import TrialSettings
+
     loss = LossSettings(cfg.loss.name, cfg.loss.temperature, cfg.loss.alpha).checked()
     train = TrainSettings(**{k: v for k, v in cfg.train.items() if k != "optimizer"}).checked()
     teacher_node = cfg.model.teacher
@@ -54,6 +60,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """One trial from a composed config; returns the best val accuracy to the sweeper."""
+    from kdsweep.trial import run_trial
+
     return run_trial(settings_from_config(cfg), output_dir)
 
 

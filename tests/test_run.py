@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
-from conftest import read_metrics, run_cli
+from conftest import REPO, TINY, read_metrics, run_cli
 from kdsweep.data import load_data
 from kdsweep.metrics import accuracy, predict_logits
 from kdsweep.models import SmallCNN
@@ -98,3 +102,27 @@ def test_the_paired_baseline_equals_a_direct_ce_run(tmp_path, tiny):
     kd, ce = read_metrics(tmp_path / "kd")["results"], read_metrics(tmp_path / "ce")["results"]
     assert kd["baseline_val_acc"] == ce["best_val_acc"] and kd["baseline_test_acc"] == ce["test_acc"]
     assert kd["gain"] == kd["test_acc"] - ce["test_acc"]
+
+
+def test_help_and_a_single_run_import_only_what_they_use(tmp_path):
+    # --help through the real entry point; then what `import kdsweep.run` and one tiny run loaded.
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['kdsweep.run', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('kdsweep.run', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = ('torch', 'optuna', 'pandas', 'sklearn', 'matplotlib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def loaded(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
+                              env=env, timeout=300, check=True)
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert loaded("--help") == "[]"
+    assert loaded(*TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}") == "['torch']"
+    assert (tmp_path / "run" / "metrics.json").is_file()
