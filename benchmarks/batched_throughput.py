@@ -55,7 +55,7 @@ def overrides(args: argparse.Namespace, cache: Path) -> list[str]:
 
 def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str, list[float]]:
     """Milliseconds per step: one trial through train.fit, K trials through batched.fit_batch."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "kdsweep" / "conf"), version_base="1.3"):
         cfgs = [compose("config", overrides(args, cache) + [f"loss.temperature={1 + i}", f"loss.alpha={0.3 + 0.03 * i}"])
                 for i in range(max(ks))]
     settings = [settings_from_config(c) for c in cfgs]
@@ -95,7 +95,7 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
 
 def drift(args: argparse.Namespace, cache: Path, k: int = 4) -> None:
     """How far K batched trials end from the same trials run alone (`trial.fit_student`)."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "kdsweep" / "conf"), version_base="1.3"):
         cfgs = [compose("config", overrides(args, cache) + [f"loss.temperature={2 + 3 * i}", f"loss.alpha={0.3 + 0.2 * i}", f"seed={i % 2}"])
                 for i in range(k)]
     settings = [settings_from_config(c) for c in cfgs]

@@ -47,7 +47,7 @@ T, ALPHA = 4.0, 0.5
 
 
 def settings_for(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "kdsweep" / "conf"), version_base="1.3"):
         return settings_from_config(compose("config", overrides=overrides))
 
 

@@ -409,5 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `kdsweep-analysis` console command: the same as `python -m kdsweep.analysis`."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

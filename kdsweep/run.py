@@ -100,7 +100,7 @@ def _remove_unfinished_run_dir(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -113,9 +113,14 @@ def main(cfg: DictConfig) -> float:
         raise
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `kdsweep` console command: the same as `python -m kdsweep.run`."""
     main()
     # Everything is written and closed by now. Without this, the interpreter's last garbage collection
     # walks every object that torch, optuna and their imports made, about 1.4 s of each sweep's exit
     # here, only to free memory that the OS takes back anyway.
     gc.freeze()
+
+
+if __name__ == "__main__":
+    cli()

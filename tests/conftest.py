@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "kdsweep" / "conf"
 
 # Enough training for the code paths to run, not for good accuracy.
 TINY = [
