@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "kdsweep" / "conf"
+
+# float32's machine epsilon (torch.finfo(torch.float32).eps): the relative rounding of one operation.
+F32_EPS = 2.0**-23
+
+
+def loss_tolerance(temperature: float | None, alpha: float, n_classes: int, n_steps: int,
+                   logit_size: float) -> dict[str, float]:
+    """Absolute tolerances for the losses of one trial computed along two float32 paths that round
+    differently (a batched matmul and a single one; another CPU's kernels; other thread counts).
+
+    A step's hard loss sums C terms of size ~(|logit| + log C) (log-sum-exp minus a logit); the soft
+    loss is T^2 times such terms at temperature T (logits / T), which cancel into a small KL, so its
+    rounding is ~eps x C x T^2 (|logit| / T + log C) however small the KL. Weights that took a rounding
+    difference at each earlier step carry it into every later loss: the bound grows with the steps.
+    `logit_size` is the largest |logit| of the students compared.
+    """
+    hard = logit_size + math.log(n_classes)
+    soft = 0.0 if temperature is None else temperature**2 * (logit_size / temperature + math.log(n_classes))
+    scale = F32_EPS * n_classes * n_steps
+    return {"soft": scale * soft, "hard": scale * hard, "loss": scale * (alpha * soft + (1 - alpha) * hard)}
+
 
 # Enough training for the code paths to run, not for good accuracy.
 TINY = [
