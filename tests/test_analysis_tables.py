@@ -107,7 +107,7 @@ def test_ties_are_counted_and_named_as_the_sweeper_does(tmp_path):
     pick = best_with_ties(trials["best_val_acc"].tolist(), order=trials["trial_number"].tolist())
     assert trials["trial_number"].iloc[pick.index] == 2 and pick.n_tied == 3
     text = " ".join(analysis.build_report(trials, "hand-built").summary)
-    assert ("best (T, alpha) by val accuracy over 1 seed: T=5.5, alpha=0.52 (trial 2), val 0.9554; 3 points tie at "
+    assert ("Best (T, alpha) by val accuracy over 1 seed: T=5.5, alpha=0.52 (trial 2), val 0.9554; 3 points tie at "
             "that val accuracy (also T=1.04, alpha=0.54; T=12, alpha=0.55): the one found first is named. The "
             "baseline's val accuracy is 0.9554 (the same).") in text
 

@@ -111,7 +111,7 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
         ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft term)", title=_title(
             name, f"best: T={b['temperature']:.3g}, alpha={b['alpha']:.2g}, val {b['val_acc']:.4f}{ties}",
             f"baseline val {b['baseline_val_acc']:.4f}" if b["baseline_val_acc"] == b["baseline_val_acc"] else ""))
-        ax.legend(fontsize="small", loc="best")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below: off the points
         fig.colorbar(dots, ax=ax, label="val accuracy (mean over seeds)", format="%.3f")
     return fig
 
@@ -130,13 +130,14 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
         curves.sort(key=lambda nc: nc[1]["temperature_from"].min() if "temperature_from" in nc[1] else 0)
         for i, (label, c) in enumerate(curves):
             c = c.sort_values(f"{column}_from")
-            colour, shift = f"C{i}", (i - (len(curves) - 1) / 2) * 0.08  # side by side, not on top of each other
+            colour, shift = f"C{i}", (i - (len(curves) - 1) / 2) * 0.18  # side by side, not on top of each other
             x = np.array([x_of[r] for r in c[f"{column}_range"]]) + shift
             ax.plot(x, c["val_acc"], color=colour, label=label or "val accuracy")
             ax.plot(x, c["test_acc"], color=colour, linestyle="--", linewidth=1, label=None if label else "test accuracy")
             for xi, (_, r) in zip(x, c.iterrows()):
                 _point(ax, xi, r["val_acc"], r["val_low"], r["val_high"], int(r["n_trials"]), colour)
-                ax.annotate(f"n={int(r['n_trials'])}", (xi, r["val_acc"]), textcoords="offset points", xytext=(5, -11),
+                ax.annotate(f"n={int(r['n_trials'])}", (xi, r["val_acc"]), textcoords="offset points",
+                            xytext=(5, -11 if i % 2 == 0 else 5),  # neighbouring curves' labels on opposite sides
                             fontsize="x-small", color=colour)
         _baselines(ax, frame)
         ax.set_xticks(range(len(order)), order, rotation=30 if len(order) > 5 else 0)
@@ -144,7 +145,7 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
         ax.set(xlabel=what + (" (bin)" if order and order[0].startswith("[") else ""), ylabel="accuracy (mean over trials)",
                title=_title(name, f"accuracy against {'T' if column == 'temperature' else 'alpha within ranges of T'}",
                             "solid: val, bar = 95 % t interval of the mean; dashed: test; hollow: one trial (no interval)"))
-        ax.legend(fontsize="x-small", loc="best")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: off the curves
     return fig
 
 
@@ -164,13 +165,16 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT) -> Figure:
             verdict = "cannot tell" if r["n_paired"] < 2 else "pays" if r["gain_low"] > 0 else "hurts" if r["gain_high"] < 0 else "cannot tell"
             _point(ax, 100 * r["gain"], y, 100 * r["gain_low"], 100 * r["gain_high"], int(r["n_paired"]),
                    VERDICT_COLOURS[verdict], horizontal=True)
-        ax.axvline(0, color="grey", linewidth=1)
+        ax.axvline(0, color="grey", linewidth=1, label="baseline (gain 0)")
         ax.set_yticks(range(len(frame)), [f"T={t:.3g}, alpha={a:.2g} (n={int(n)})" for t, a, n in
                                           zip(frame["temperature"], frame["alpha"], frame["n_paired"])], fontsize="small")
         seeds = int(frame["n_paired"].max())
         n_test = frame["n_test"].dropna().max() if frame["n_test"].notna().any() else None
-        ax.set(xlabel="gain in test accuracy (points)", title=_title(
-            name, "gain over the baseline, 95 % paired t interval", f"up to {evidence(seeds, n_test)}; hollow: one seed"))
+        how = ("95 % paired t interval; hollow: one seed, no interval" if seeds > 1
+               else "one seed per point: no intervals, so no point can be told from noise")
+        ax.set(xlabel="gain in test accuracy (points)",
+               title=_title(name, "gain over the baseline at each (T, alpha)", how,
+                            ("up to " if frame["n_paired"].nunique() > 1 else "") + evidence(seeds, n_test)))
     return fig
 
 

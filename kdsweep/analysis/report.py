@@ -83,7 +83,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
     for _, best in t_alpha.best.iterrows():
         name = _student(best, t_alpha)
         first = f" (trial {best['first_trial']})" if best["first_trial"] is not pd.NA else ""
-        text = (f"{name}best (T, alpha) by val accuracy over {evidence_seeds(best['n_seeds'])}: T={best['temperature']:.4g}, "
+        text = (f"{name}{'b' if name else 'B'}est (T, alpha) by val accuracy over {evidence_seeds(best['n_seeds'])}: T={best['temperature']:.4g}, "
                 f"alpha={best['alpha']:.4g}{first}, val {best['val_acc']:.4f}")
         if best["n_tied"] > 1:
             text += (f"; {best['n_tied']} points tie at that val accuracy (also {best['tied_with']}): the one found "
@@ -98,7 +98,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             if isinstance(row, pd.DataFrame):
                 row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
-            lines.append(f"{name}at that point, {describe(ci, _n(row['n_test']))}.")
+            lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
     lines.append(_where(t_alpha.points))
     if ranked is not None:
         method = ranked.columns[1]
@@ -133,7 +133,8 @@ def _where(points_table: pd.DataFrame) -> str:
         g = 100 * known["gain"]
         return (f"Every (T, alpha) point was run with one seed, so no single point has an interval: the {len(known)} "
                 f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on {n_test or 'an unknown number of'} "
-                "test images; run seeds (seed=0,1,2,3,4 with search=grid) to tell a gain from noise.")
+                "test images. To tell a gain from noise, rerun the best points with seeds: python -m kdsweep.run -m search=grid "
+                "loss.temperature=T loss.alpha=ALPHA seed=0,1,2,3,4.")
 
     def at(rows: pd.DataFrame) -> str:
         return "; ".join(f"T={r['temperature']:.4g}, alpha={r['alpha']:.4g} ({points(r['gain'])} points, "

@@ -74,8 +74,10 @@ def _gain_columns(gains: Iterable[float]) -> dict[str, Any]:
     return {"gain": ci.mean, "gain_low": ci.low, "gain_high": ci.high, "gain_excludes_0": ci.excludes_zero, "n_paired": ci.n}
 
 
-def _summarise(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per key: trials, seeds, mean val/test accuracy, the paired gain with its interval, the baseline."""
+def _summarise(trials: pd.DataFrame, keys: list[str], intervals: bool = True) -> pd.DataFrame:
+    """Per key: trials, seeds, mean val/test accuracy, the paired gain, the baseline. `intervals`: the
+    gain's paired t interval over seeds (each seed's trials averaged first); only where every trial of a
+    key is the same (T, alpha), for trials of other settings do not pair with one another."""
     trials = trials.assign(_order=first_found(trials))
     rows = []
     for key, g in trials.groupby(keys, dropna=False, sort=True):
@@ -83,7 +85,8 @@ def _summarise(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         row = dict(zip(keys, key))
         row.update(
             n_trials=len(g), n_seeds=g["seed"].nunique(), val_acc=g["best_val_acc"].mean(), val_std=g["best_val_acc"].std(),
-            test_acc=g["test_acc"].mean(), **_gain_columns(g["gain"]) if "gain" in g else {},
+            test_acc=g["test_acc"].mean(),
+            **(_gain_columns(g.groupby("seed")["gain"].mean()) if intervals else {"gain": g["gain"].mean()}) if "gain" in g else {},
             baseline_val_acc=g["baseline_val_acc"].mean() if "baseline_val_acc" in g else np.nan,
             baseline_test_acc=g["baseline_test_acc"].mean() if "baseline_test_acc" in g else np.nan,
             n_test=g["n_test"].dropna().max() if "n_test" in g and g["n_test"].notna().any() else pd.NA,
@@ -158,7 +161,7 @@ def _marginal(kd: pd.DataFrame, by: list[str], column: str) -> pd.DataFrame:
     the 95 % t interval of each bin's mean val accuracy over its trials (NaN for a one-trial bin)."""
     labels, left = bins(kd[column], column)
     binned = kd.assign(**{f"{column}_range": labels, f"{column}_from": left})
-    table = _summarise(binned, [*by, f"{column}_from", f"{column}_range"])
+    table = _summarise(binned, [*by, f"{column}_from", f"{column}_range"], intervals=False)
     cis = binned.groupby([*by, f"{column}_from", f"{column}_range"], dropna=False, sort=True)["best_val_acc"]
     intervals = [paired_interval(v) for _, v in cis]  # the t interval of a mean: the same formula
     table["val_low"] = [ci.low for ci in intervals]
