@@ -99,13 +99,18 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
         b = best.loc[tuple(points.iloc[0][study.by])] if study.by else best.iloc[0]
         b = b.iloc[0] if isinstance(b, pd.DataFrame) else b
         tied = np.isclose(points["val_acc"], b["val_acc"], rtol=0, atol=1e-9)
+        tied &= ~((points["temperature"] == b["temperature"]) & (points["alpha"] == b["alpha"]))
         dots = ax.scatter(points["temperature"], points["alpha"], c=points["val_acc"], cmap="viridis", s=60, edgecolors="k")
-        ax.scatter(points.loc[tied, "temperature"], points.loc[tied, "alpha"], s=220, facecolors="none", edgecolors="orange",
-                   linewidths=1.5, label="tied at the best val")
+        if tied.any():
+            ax.scatter(points.loc[tied, "temperature"], points.loc[tied, "alpha"], s=220, facecolors="none",
+                       edgecolors="orange", linewidths=1.5, label="tied with the best")
         ax.scatter([b["temperature"]], [b["alpha"]], marker="*", s=500, facecolors="none", edgecolors="red", linewidths=2,
-                   label="chosen (found first)")
+                   label="best (found first among ties)" if tied.any() else "best")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter("")
+        if points["temperature"].nunique() <= 8:  # a grid: its own values as ticks
+            ax.set_xticks(sorted(points["temperature"].unique()), [f"{t:g}" for t in sorted(points["temperature"].unique())])
         ax.margins(0.12)
         ties = f", {int(b['n_tied'])} points tied" if b["n_tied"] > 1 else ""
         ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft term)", title=_title(
@@ -126,7 +131,7 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
         order = frame.drop_duplicates(f"{column}_range").sort_values(f"{column}_from")[f"{column}_range"].tolist()
         x_of = {label: i for i, label in enumerate(order)}
         curves = [("", frame)] if column == "temperature" else [
-            (f"T in {t}", c) for t, c in frame.groupby("temperature_range", sort=False)]
+            (f"T in {t}" if t.startswith("[") else f"T = {t}", c) for t, c in frame.groupby("temperature_range", sort=False)]
         curves.sort(key=lambda nc: nc[1]["temperature_from"].min() if "temperature_from" in nc[1] else 0)
         for i, (label, c) in enumerate(curves):
             c = c.sort_values(f"{column}_from")
@@ -166,11 +171,13 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT) -> Figure:
             _point(ax, 100 * r["gain"], y, 100 * r["gain_low"], 100 * r["gain_high"], int(r["n_paired"]),
                    VERDICT_COLOURS[verdict], horizontal=True)
         ax.axvline(0, color="grey", linewidth=1, label="baseline (gain 0)")
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(low, -0.05 * (high - low)), max(high, 0.05 * (high - low)))  # 0 never on the frame
         ax.set_yticks(range(len(frame)), [f"T={t:.3g}, alpha={a:.2g} (n={int(n)})" for t, a, n in
                                           zip(frame["temperature"], frame["alpha"], frame["n_paired"])], fontsize="small")
         seeds = int(frame["n_paired"].max())
         n_test = frame["n_test"].dropna().max() if frame["n_test"].notna().any() else None
-        how = ("95 % paired t interval; hollow: one seed, no interval" if seeds > 1
+        how = ("95 % paired t intervals (hollow: one seed)" if seeds > 1
                else "one seed per point: no intervals, so no point can be told from noise")
         ax.set(xlabel="gain in test accuracy (points)",
                title=_title(name, "gain over the baseline at each (T, alpha)", how,
@@ -200,15 +207,18 @@ def plot_gain_vs_size(sizes: pd.DataFrame) -> Figure:
                           xytext=(0, 6), ha="center", fontsize="small")
     if sizes["teacher_test_acc"].notna().any():
         acc.axhline(sizes["teacher_test_acc"].mean(), color="black", linestyle=":", label="teacher")
-    gain.axhline(0, color="grey", linewidth=1)
-    gain.margins(y=0.15)  # room for the width labels above the intervals
+    gain.axhline(0, color="grey", linewidth=1, label="baseline (gain 0)")
+    gain.margins(x=0.1, y=0.15)  # room for the width labels above the intervals
+    acc.margins(x=0.1)
     for ax in (acc, gain):
         ax.set_xscale("log")
+        ax.set_xticks(sorted(sizes["student_params"].unique()), [f"{p:,}" for p in sorted(sizes["student_params"].unique())])
+        ax.xaxis.set_minor_formatter("")
         ax.set_xlabel("student parameters")
     n_test = sizes["n_test"].dropna().max() if sizes["n_test"].notna().any() else None
     acc.set(ylabel="test accuracy (mean over seeds)", title="student accuracy by size")
     gain.set(ylabel="gain in test accuracy (points)", title=_title(
-        "what distillation adds: mean and 95 % paired t interval", f"{evidence(int(sizes['n_seeds'].max()), n_test)}"))
+        "gain: mean and 95 % paired t interval", f"{evidence(int(sizes['n_seeds'].max()), n_test)}"))
     acc.legend(fontsize="small")
     return fig
 

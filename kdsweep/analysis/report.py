@@ -99,7 +99,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
                 row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
-    lines.append(_where(t_alpha.points))
+    lines.append(_where(t_alpha.points, t_alpha.by))
     if ranked is not None:
         method = ranked.columns[1]
         shares = ", ".join(f"{p} {v:.2f}" for p, v in zip(ranked["parameter"], ranked[method]))
@@ -122,7 +122,7 @@ def _student(row: pd.Series, t_alpha: tables.TAlphaStudy) -> str:
     return (plots._label(row, vary) + ": ") if vary else ""
 
 
-def _where(points_table: pd.DataFrame) -> str:
+def _where(points_table: pd.DataFrame, by: Sequence[str]) -> str:
     """Across the (T, alpha) points: where the paired gain's interval lies above 0, below 0, or neither."""
     if "gain" not in points_table or points_table["gain"].isna().all():
         return "No trial has a paired baseline (baseline=false and no loss=ce runs): the gain is unknown."
@@ -136,8 +136,11 @@ def _where(points_table: pd.DataFrame) -> str:
                 "test images. To tell a gain from noise, rerun the best points with seeds: python -m kdsweep.run -m search=grid "
                 "loss.temperature=T loss.alpha=ALPHA seed=0,1,2,3,4.")
 
+    vary = [k for k in by if points_table[k].nunique(dropna=False) > 1]
+
     def at(rows: pd.DataFrame) -> str:
-        return "; ".join(f"T={r['temperature']:.4g}, alpha={r['alpha']:.4g} ({points(r['gain'])} points, "
+        return "; ".join(f"{plots._label(r, vary) + ' ' if vary else ''}T={r['temperature']:.4g}, alpha={r['alpha']:.4g} "
+                         f"({points(r['gain'])} points, "
                          f"{points(r['gain_low'])} to {points(r['gain_high'])})" for _, r in rows.iterrows())
 
     pays, hurts = several[several["gain_low"] > 0], several[several["gain_high"] < 0]
