@@ -246,11 +246,12 @@ def test_after_a_default_optuna_sweep_the_analysis_finds_it_and_its_study(tmp_pa
     assert f"reading the newest sweep under outputs, {sweep.relative_to(tmp_path)}" in proc.stdout
     from_folder = pd.read_csv(sweep / "report" / "trials.csv")
     assert len(from_folder) == 3 and list(from_folder["trial_number"]) == [0, 1, 2]
-    (name,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}")
-    proc = analyse("--storage", "sqlite:///outputs/optuna.db", "--out", "from_study", cwd=tmp_path)
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}")
+    proc = analyse("--storage", "sqlite:///outputs/optuna.db", "--study", summary.study_name, "--out", "from_study",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     from_study = pd.read_csv(tmp_path / "from_study" / "trials.csv")
-    assert from_study["path"].tolist() == from_folder["path"].tolist()
+    assert [Path(p) for p in from_study["path"]] == [tmp_path / p for p in from_folder["path"]]  # the same trial folders
     # One seed: points are trials, and the analysis names the trial of the sweeper's best value, the
     # first found among any that tie with it.
     results = (sweep / "optimization_results.yaml").read_text()
