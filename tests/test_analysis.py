@@ -222,7 +222,7 @@ def test_the_command_line_reports_a_real_sweep(real_sweeps, tmp_path):
         assert (row["gain_low"], row["gain_high"]) == pytest.approx((np.mean(gains) - half, np.mean(gains) + half), abs=1e-6)
         assert row["verdict"] == ("pays" if row["gain_low"] > 0 else "hurts" if row["gain_high"] < 0 else "cannot tell")
     summary = (out / "summary.txt").read_text()
-    assert "with 2 seeds and 359 test images" in summary and "Which parameter matters for val accuracy" in summary
+    assert "with 2 seeds and 359 test images" in summary and "width=16: which parameter matters for val accuracy" in summary
     for name in ("t_alpha_plane", "accuracy_vs_temperature", "accuracy_vs_alpha", "gain_by_t_alpha", "gain_vs_student_size",
                  "parameter_importance"):
         assert_png(out / f"{name}.png")

@@ -13,7 +13,7 @@ tables, importance (Optuna's fANOVA / PED-ANOVA), plots, report (the summary and
 
 from __future__ import annotations
 
-from kdsweep.analysis.importance import parameter_importances, study_from_trials
+from kdsweep.analysis.importance import importances_by_student, parameter_importances, study_from_trials
 from kdsweep.analysis.intervals import Interval, describe, paired_interval, t_quantile
 from kdsweep.analysis.loading import (SETTINGS, SIZE, STUDENT, describe_sweep, image_counts, infer_count, latest_sweep,
                                       load_trials, open_study, study_trials)
@@ -25,7 +25,7 @@ from kdsweep.analysis.tables import (TAlphaStudy, compare_student_vs_baseline, f
 
 __all__ = [
     "SETTINGS", "SIZE", "STUDENT", "Interval", "Report", "TAlphaStudy", "build_report", "cli",
-    "compare_student_vs_baseline", "describe", "describe_sweep", "first_found", "image_counts", "infer_count",
+    "compare_student_vs_baseline", "describe", "importances_by_student", "describe_sweep", "first_found", "image_counts", "infer_count",
     "latest_sweep", "load_trials", "main", "open_study", "optimal_t_alpha", "paired_baselines", "paired_interval",
     "parameter_importances", "plot_gain_vs_size", "plot_gains", "plot_importances", "plot_marginal",
     "plot_t_alpha_plane", "report", "student_size_study", "study_from_trials", "study_trials", "summarize",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
     import optuna
 
 # Columns of a trial that Optuna may have searched (or a grid varied); seed is included on purpose:
-# its share is the noise between seeds that the other parameters must beat.
-CANDIDATES = ["temperature", "alpha", "lr", "batch_size", "epochs", "student_width", "student_depth", "train_size", "seed"]
+# its share is the noise between seeds that the other parameters must beat. The student's size is
+# not: importances are computed per student (`importances_by_student`), since a wider student's
+# higher accuracy would otherwise swamp what T and alpha do.
+CANDIDATES = ["temperature", "alpha", "lr", "batch_size", "epochs", "seed"]
 LOG_SCALE = {"temperature", "lr"}
 
 
@@ -93,6 +96,25 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
             table["ped_anova"] = math.nan
     table["n_trials"] = n
     return table.sort_values(method, ascending=False, ignore_index=True)
+
+
+def importances_by_student(trials: pd.DataFrame, by: Sequence[str], seed: int = 0) -> pd.DataFrame:
+    """`parameter_importances` of the distilled trials of each student (the `by` columns that vary
+    between trials, first in the table). Raises ValueError when no student's trials can be ranked."""
+    kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
+    keys = [k for k in by if k in kd and kd[k].nunique(dropna=False) > 1]
+    frames, errors = [], []
+    for key, group in (kd.groupby(keys, dropna=False, sort=True) if keys else [((), kd)]):
+        try:
+            table = parameter_importances(study_from_trials(group), seed=seed)
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        frames.append(pd.concat([pd.DataFrame([values] * len(table)), table], axis=1))
+    if not frames:
+        raise ValueError(errors[0] if errors else "no distilled trials to rank")
+    return pd.concat(frames, ignore_index=True)
 
 
 def _importances(study: optuna.Study, evaluator: object) -> dict[str, float]:

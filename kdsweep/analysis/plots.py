@@ -224,17 +224,21 @@ def plot_gain_vs_size(sizes: pd.DataFrame) -> Figure:
 
 
 def plot_importances(table: pd.DataFrame) -> Figure:
-    """Optuna's parameter importances (fANOVA, and PED-ANOVA where present) as horizontal bars."""
-    methods = [m for m in ("fanova", "mean_decrease_impurity", "ped_anova") if m in table and table[m].notna().any()]
-    fig, (ax,) = _figure(1, width=6.0, height=1.5 + 0.5 * len(table))
-    y = np.arange(len(table))
-    height = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        ax.barh(y + (i - (len(methods) - 1) / 2) * height, table[method], height=height, color=f"C{i}",
-                label=METHODS[method])
-    ax.set_yticks(y, table["parameter"])
-    ax.invert_yaxis()
-    ax.set(xlabel="importance for val accuracy (share)", title=_title(
-        f"which parameter matters ({int(table['n_trials'].iloc[0])} trials)", "rough with few trials: read the order"))
-    ax.legend(fontsize="small")
+    """Optuna's parameter importances (fANOVA or its stand-in, and PED-ANOVA where present) as
+    horizontal bars, one panel per student when the table holds several."""
+    methods = [m for m in METHODS if m in table and table[m].notna().any()]
+    groups = _groups(table, keys_in(table, STUDENT))
+    tallest = max(len(g) for _, g in groups)
+    fig, axes = _figure(len(groups), width=6.0, height=1.6 + 0.5 * tallest, max_cols=2)
+    for ax, (name, frame) in zip(axes, groups):
+        y = np.arange(len(frame))
+        height = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            ax.barh(y + (i - (len(methods) - 1) / 2) * height, frame[method], height=height, color=f"C{i}",
+                    label=METHODS[method])
+        ax.set_yticks(y, frame["parameter"])
+        ax.invert_yaxis()
+        ax.set(xlabel="importance for val accuracy (share)", title=_title(
+            name, f"which parameter matters ({int(frame['n_trials'].iloc[0])} trials)", "rough with few trials: read the order"))
+        ax.legend(fontsize="small")
     return fig

@@ -62,7 +62,8 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     except ValueError as e:  # no baselines, or a single student size: the rest stands
         report.notes.append(str(e))
     try:
-        ranked = importance.parameter_importances(study if study is not None else importance.study_from_trials(trials))
+        ranked = (importance.parameter_importances(study) if study is not None
+                  else importance.importances_by_student(trials, t_alpha.by))
         report.tables["parameter_importance"] = ranked
         report.figures["parameter_importance"] = plots.plot_importances(ranked)
     except ValueError as e:
@@ -101,11 +102,14 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
     lines.append(_where(t_alpha.points, t_alpha.by))
     if ranked is not None:
-        method = ranked.columns[1]
-        shares = ", ".join(f"{p} {v:.2f}" for p, v in zip(ranked["parameter"], ranked[method]))
-        lines.append(f"Which parameter matters for val accuracy ({importance.METHODS[method]} over "
-                     f"{int(ranked['n_trials'].iloc[0])} trials, shares): {shares}. With few trials this is an "
-                     "ordering, not a measurement.")
+        method = next(m for m in importance.METHODS if m in ranked)
+        keys = [k for k in t_alpha.by if k in ranked]
+        for _, group in (ranked.groupby(keys, dropna=False, sort=True) if keys else [((), ranked)]):
+            shares = ", ".join(f"{p} {v:.2f}" for p, v in zip(group["parameter"], group[method]))
+            name = plots._label(group.iloc[0], keys) + ": " if keys else ""
+            lines.append(f"{name}{'w' if name else 'W'}hich parameter matters for val accuracy ({importance.METHODS[method]} over "
+                         f"{int(group['n_trials'].iloc[0])} trials, shares): {shares}. With few trials this is an "
+                         "ordering, not a measurement.")
     return lines
 
 
