@@ -82,3 +82,11 @@ def test_image_counts_are_read_off_the_stored_accuracies():
     assert analysis.infer_count([acc(k, 10_000) for k in (8865, 8901, 9012, 8777, 9999)]) == 10_000
     # Too few distinct values to tell 359 from a divisor of it: no answer rather than a wrong one.
     assert analysis.infer_count([acc(300), acc(310), 1.0, 0.0]) is None
+
+
+def test_equal_gains_on_every_seed_give_no_interval_rather_than_certainty():
+    # +1 image on each of 3 seeds: sd 0, so the t interval would be the single point +0.28 points;
+    # a sign test would give p = 1/4 for that, far from 95 %.
+    ci = analysis.paired_interval([1 / 359] * 3)
+    assert math.isnan(ci.low) and not ci.excludes_zero and ci.verdict == "cannot tell"
+    assert analysis.describe(ci, 359).startswith("cannot tell: all 3 seeds and 359 test images gave the same gain, +0.3 points")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdsweep.selection import TIE_TOLERANCE
+
 LEVEL = 0.95
 
 
@@ -30,7 +32,8 @@ def t_quantile(dof: int, level: float = LEVEL) -> float:
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean over seeds with its confidence interval; low/high are NaN for fewer than 2 values."""
+    """A mean over seeds with its confidence interval; low/high are NaN for fewer than 2 values, or
+    when all values are equal (sd 0: the t interval degenerates to a point, which would claim certainty)."""
 
     mean: float
     low: float
@@ -61,6 +64,10 @@ def paired_interval(differences: Iterable[float], level: float = LEVEL) -> Inter
     if d.size < 2:
         return Interval(mean, math.nan, math.nan, 1, math.nan)
     sd = float(d.std(ddof=1))
+    # Every seed the same (counts are whole images, so it happens; gains equal up to float rounding,
+    # far below one image, are equal): the t interval degenerates to a point.
+    if d.max() - d.min() <= TIE_TOLERANCE:
+        return Interval(mean, math.nan, math.nan, int(d.size), 0.0)
     half = t_quantile(d.size - 1, level) * sd / math.sqrt(d.size)
     return Interval(mean, mean - half, mean + half, int(d.size), sd)
 
@@ -83,6 +90,9 @@ def describe(interval: Interval, n_test: int | None) -> str:
     if interval.n < 2:
         return (f"cannot tell: {points(interval.mean)} points of test accuracy with {basis}; one seed gives no "
                 "interval, so the gain cannot be told from seed-to-seed noise")
+    if interval.sd == 0:
+        return (f"cannot tell: all {basis} gave the same gain, {points(interval.mean)} points; with no spread "
+                "between seeds the t interval is undefined (more seeds would show the spread)")
     ci = f"95 % CI {points(interval.low)} to {points(interval.high)} points"
     if interval.verdict == "pays":
         return f"distillation pays: {points(interval.mean)} points of test accuracy ({ci}; {basis})"

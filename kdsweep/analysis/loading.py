@@ -137,6 +137,9 @@ def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    for key in [*STUDENT, "seed"]:  # None throughout (say, no depth): NaN, as where some trials have one
+        if key in df and df[key].isna().all():
+            df[key] = np.nan
     df["trial_number"] = df["trial_number"].astype("Int64")
     df["load_order"] = np.arange(len(df))
     return image_counts(df)

@@ -94,10 +94,9 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
 
     groups = _groups(study.points, study.by)
     fig, axes = _figure(len(groups), width=6.0, height=4.6)
-    best = study.best.set_index(study.by) if study.by else study.best
     for ax, (name, points) in zip(axes, groups):
-        b = best.loc[tuple(points.iloc[0][study.by])] if study.by else best.iloc[0]
-        b = b.iloc[0] if isinstance(b, pd.DataFrame) else b
+        # merge, not .loc: a key may be missing (NaN), and merge matches NaN with NaN
+        b = points.iloc[[0]][study.by].merge(study.best, on=study.by).iloc[0] if study.by else study.best.iloc[0]
         tied = np.isclose(points["val_acc"], b["val_acc"], rtol=0, atol=1e-9)
         tied &= ~((points["temperature"] == b["temperature"]) & (points["alpha"] == b["alpha"]))
         dots = ax.scatter(points["temperature"], points["alpha"], c=points["val_acc"], cmap="viridis", s=60, edgecolors="k")

@@ -80,7 +80,6 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
     distillation pays, hurts or cannot be told from noise, and which parameter matters."""
     kd = int((trials["loss"] == "kd").sum())
     lines = [f"{len(trials)} trials ({kd} distilled) from {source}."]
-    sizes_by = sizes.set_index(t_alpha.by) if sizes is not None and t_alpha.by else None
     for _, best in t_alpha.best.iterrows():
         name = _student(best, t_alpha)
         first = f" (trial {best['first_trial']})" if best["first_trial"] is not pd.NA else ""
@@ -94,10 +93,10 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             text += (f". The baseline's val accuracy is {best['baseline_val_acc']:.4f}"
                      + (" (the same)" if abs(diff) < 1e-9 else f" ({points(diff)} points for the distilled)"))
         lines.append(text + ".")
-        if sizes_by is not None or (sizes is not None and not t_alpha.by):
-            row = sizes.iloc[0] if not t_alpha.by else sizes_by.loc[tuple(best[t_alpha.by])] if len(t_alpha.by) > 1 else sizes_by.loc[best[t_alpha.by[0]]]
-            if isinstance(row, pd.DataFrame):
-                row = row.iloc[0]
+        # merge, not .loc: a key may be missing (NaN), and merge matches NaN with NaN
+        row = (best.to_frame().T.infer_objects()[t_alpha.by].merge(sizes, on=t_alpha.by) if t_alpha.by else sizes) if sizes is not None else None
+        if row is not None and len(row):
+            row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
     lines.append(_where(t_alpha.points, t_alpha.by))
