@@ -116,7 +116,7 @@ mixes the two effects. Here each curve holds one range of T (or one T of a grid)
 Test accuracy over the baseline, paired by seed, with its 95 % interval: green above 0, red below,
 grey where it holds 0. A point run with one seed is hollow: it has no interval."""),
     ("code", 'if t_alpha.points.get("gain") is not None and t_alpha.points["gain"].notna().any():\n'
-             '    display(analysis.plot_gains(t_alpha.points, t_alpha.by))'),
+             '    display(analysis.plot_gains(t_alpha.points, t_alpha.by, t_alpha.searched))'),
     ("md", """\
 ## Which parameter matters
 

@@ -251,3 +251,17 @@ def test_temperature_effect_rejects_bad_input(logits, temperatures, match):
     with pytest.raises(ValueError, match=match):
         analysis.temperature_effect(logits, temperatures)
 
+
+
+def test_a_learning_rate_searched_continuously_is_part_of_the_point_not_a_student_of_its_own(tmp_path):
+    for i in range(10):  # ten lrs, as a TPE search over train.lr gives: more than a grid's few values
+        lr = 0.0003 * 1.4**i
+        write_trial(tmp_path / str(i), T=1.5 + i, alpha=0.5, lr=lr, val=acc(300 + (i == 6)), test=acc(300),
+                    baseline=(acc(301), acc(300 + i % 2)))
+    trials = analysis.load_trials(tmp_path)
+    study = analysis.optimal_t_alpha(trials)
+    assert study.searched == ["lr"] and "lr" not in study.by
+    assert len(study.best) == 1 and study.best["lr"].iloc[0] == pytest.approx(0.0003 * 1.4**6)
+    sizes = analysis.student_size_study(trials)  # one student, its best point's own baseline (same lr)
+    assert len(sizes) == 1 and sizes["best_lr"].iloc[0] == pytest.approx(0.0003 * 1.4**6)
+    assert sizes["baseline_test_acc"].iloc[0] == pytest.approx(acc(300))  # i = 6: the even-i baseline

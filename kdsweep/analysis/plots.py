@@ -18,7 +18,7 @@ import pandas as pd
 from kdsweep.analysis.importance import METHODS
 from kdsweep.analysis.intervals import evidence
 from kdsweep.analysis.loading import STUDENT
-from kdsweep.analysis.tables import TAlphaStudy, keys_in
+from kdsweep.analysis.tables import TAlphaStudy, keys_in, point_label
 
 if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
     from matplotlib.figure import Figure
@@ -67,8 +67,10 @@ def _baselines(ax: Any, frame: pd.DataFrame, test: bool = True) -> None:
     """The baseline student's val (and test) accuracy as grey lines; nothing when unknown."""
     for column, style, what in (("baseline_val_acc", "-", "val"), ("baseline_test_acc", "--", "test")):
         if column in frame and frame[column].notna().any() and (test or what == "val"):
+            # One line per group; when the trials' own baselines differ (a searched lr), it is their mean.
+            varies = frame[column].max() - frame[column].min() > 1e-9
             ax.axhline(frame[column].mean(), color="grey", linestyle=style, linewidth=1.2,
-                       label=f"baseline {what} {frame[column].mean():.4f}")
+                       label=f"baseline {what} {frame[column].mean():.4f}" + (" (mean: it varies)" if varies else ""))
 
 
 def _point(ax: Any, x: float, y: float, low: float, high: float, n: int, colour: str, *, horizontal: bool = False) -> None:
@@ -153,7 +155,7 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
     return fig
 
 
-def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT) -> Figure:
+def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequence[str] = ()) -> Figure:
     """The test-accuracy gain over the baseline at each (T, alpha), paired by seed, with its 95 %
     interval: green where it lies above 0, red below, grey where it contains 0; hollow for one seed.
     Raises ValueError when no point has a gain (no baselines)."""
@@ -162,7 +164,8 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT) -> Figure:
         raise ValueError("no (T, alpha) point has a paired baseline: no gains to plot")
     groups = _groups(points, keys_in(points, by))
     tallest = max(len(g) for _, g in groups)
-    fig, axes = _figure(len(groups), width=5.5, height=1.6 + 0.28 * tallest, max_cols=2)
+    longest = max(len(point_label(r, searched)) for _, r in points.iterrows()) + 6
+    fig, axes = _figure(len(groups), width=3.6 + 0.075 * longest, height=1.6 + 0.28 * tallest, max_cols=2)  # room for the labels
     for ax, (name, frame) in zip(axes, groups):
         frame = frame.sort_values(["temperature", "alpha"], ascending=False)
         for y, (_, r) in enumerate(frame.iterrows()):
@@ -172,8 +175,8 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT) -> Figure:
         ax.axvline(0, color="grey", linewidth=1, label="baseline (gain 0)")
         low, high = ax.get_xlim()
         ax.set_xlim(min(low, -0.05 * (high - low)), max(high, 0.05 * (high - low)))  # 0 never on the frame
-        ax.set_yticks(range(len(frame)), [f"T={t:.3g}, alpha={a:.2g} (n={int(n)})" for t, a, n in
-                                          zip(frame["temperature"], frame["alpha"], frame["n_paired"])], fontsize="small")
+        ax.set_yticks(range(len(frame)), [f"{point_label(r, searched)} (n={int(r['n_paired'])})" for _, r in frame.iterrows()],
+                      fontsize="small")
         seeds = int(frame["n_paired"].max())
         n_test = frame["n_test"].dropna().max() if frame["n_test"].notna().any() else None
         how = ("95 % paired t intervals (hollow: one seed)" if seeds > 1

@@ -57,7 +57,7 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     try:
         sizes = tables.student_size_study(trials)
         report.tables.update(student_size=sizes, student_vs_baseline=tables.compare_student_vs_baseline(trials))
-        report.figures["gain_by_t_alpha"] = plots.plot_gains(t_alpha.points, t_alpha.by)
+        report.figures["gain_by_t_alpha"] = plots.plot_gains(t_alpha.points, t_alpha.by, t_alpha.searched)
         report.figures["gain_vs_student_size"] = plots.plot_gain_vs_size(sizes)
     except ValueError as e:  # no baselines, or a single student size: the rest stands
         report.notes.append(str(e))
@@ -83,8 +83,8 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
     for _, best in t_alpha.best.iterrows():
         name = _student(best, t_alpha)
         first = f" (trial {best['first_trial']})" if best["first_trial"] is not pd.NA else ""
-        text = (f"{name}{'b' if name else 'B'}est (T, alpha) by val accuracy over {evidence_seeds(best['n_seeds'])}: T={best['temperature']:.4g}, "
-                f"alpha={best['alpha']:.4g}{first}, val {best['val_acc']:.4f}")
+        text = (f"{name}{'b' if name else 'B'}est (T, alpha) by val accuracy over {evidence_seeds(best['n_seeds'])}: "
+                f"{tables.point_label(best, t_alpha.searched)}{first}, val {best['val_acc']:.4f}")
         if best["n_tied"] > 1:
             text += (f"; {best['n_tied']} points tie at that val accuracy (also {best['tied_with']}): the one found "
                      "first is named")
@@ -99,7 +99,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
-    lines.append(_where(t_alpha.points, t_alpha.by))
+    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched))
     if ranked is not None:
         method = next(m for m in importance.METHODS if m in ranked)
         keys = [k for k in t_alpha.by if k in ranked]
@@ -125,7 +125,7 @@ def _student(row: pd.Series, t_alpha: tables.TAlphaStudy) -> str:
     return (plots._label(row, vary) + ": ") if vary else ""
 
 
-def _where(points_table: pd.DataFrame, by: Sequence[str]) -> str:
+def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str]) -> str:
     """Across the (T, alpha) points: where the paired gain's interval lies above 0, below 0, or neither."""
     if "gain" not in points_table or points_table["gain"].isna().all():
         return "No trial has a paired baseline (baseline=false and no loss=ce runs): the gain is unknown."
@@ -142,7 +142,7 @@ def _where(points_table: pd.DataFrame, by: Sequence[str]) -> str:
     vary = [k for k in by if points_table[k].nunique(dropna=False) > 1]
 
     def at(rows: pd.DataFrame) -> str:
-        return "; ".join(f"{plots._label(r, vary) + ' ' if vary else ''}T={r['temperature']:.4g}, alpha={r['alpha']:.4g} "
+        return "; ".join(f"{plots._label(r, vary) + ' ' if vary else ''}{tables.point_label(r, searched)} "
                          f"({points(r['gain'])} points, "
                          f"{points(r['gain_low'])} to {points(r['gain_high'])})" for _, r in rows.iterrows())
 

@@ -8,14 +8,14 @@ used to choose. Gains are paired by seed and carry 95 % paired t intervals (`int
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kdsweep.analysis.intervals import Interval, paired_interval
-from kdsweep.analysis.loading import STUDENT
+from kdsweep.analysis.loading import SETTINGS, STUDENT
 from kdsweep.selection import best_with_ties
 
 GRID_LEVELS = 8  # a parameter with at most this many distinct values is a grid, shown value by value
@@ -31,6 +31,13 @@ def _kd(df: pd.DataFrame) -> pd.DataFrame:
 def keys_in(df: pd.DataFrame, by: Sequence[str]) -> list[str]:
     """The grouping columns that exist in `df` (a trial of an older kdsweep may lack one)."""
     return [k for k in by if k in df.columns]
+
+
+def searched_settings(kd: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """The training settings (lr, batch size, ...) among `by` that a search varied continuously (more
+    than GRID_LEVELS values): they are searched parameters, like T and alpha, not students to compare
+    apart; a grid of a few values still makes a student each."""
+    return [k for k in by if k in SETTINGS and k in kd and kd[k].nunique() > GRID_LEVELS]
 
 
 def first_found(df: pd.DataFrame) -> np.ndarray:
@@ -108,6 +115,7 @@ class TAlphaStudy:
     best: pd.DataFrame  # one row per group: the chosen point, its ties and the baseline's val accuracy
     by_temperature: pd.DataFrame  # accuracy against T (binned when T was searched continuously)
     by_alpha: pd.DataFrame  # accuracy against alpha within each range of T
+    searched: list[str] = field(default_factory=list)  # training settings searched with T and alpha (say lr)
 
 
 def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStudy:
@@ -115,29 +123,36 @@ def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStud
     seeds by `best_with_ties` (a tie goes to the point found first: its lowest trial number, see
     `first_found`), and the marginal curves over T and over alpha within ranges of T.
 
-    `best` holds, per group, the chosen point's row of `points` plus `n_tied` (points at the best
+    A training setting searched continuously (`searched_settings`, say train.lr) is part of the point,
+    not of the group. `best` holds, per group, the chosen point's row of `points` plus `n_tied` (points at the best
     val accuracy, the chosen one included), `tied_with` (the others, as "T=.., alpha=.." text) and
     `baseline_val_acc` (the baseline student's val accuracy over the same seeds).
     """
     kd = with_baselines(df)
-    by = keys_in(kd, by)
-    points = _summarise(kd, [*by, "temperature", "alpha"])
+    searched = searched_settings(kd, SETTINGS)
+    by = [k for k in keys_in(kd, by) if k not in searched]
+    points = _summarise(kd, [*by, "temperature", "alpha", *searched])
     best_rows = []
     for _, group in (points.groupby(by, dropna=False, sort=True) if by else [((), points)]):
         pick = best_with_ties(group["val_acc"].tolist(), order=group["_order"].tolist())
         row = group.iloc[pick.index].copy()
         others = [group.iloc[i] for i in pick.tied if i != pick.index]
         row["n_tied"] = pick.n_tied
-        row["tied_with"] = "; ".join(f"T={p['temperature']:.4g}, alpha={p['alpha']:.4g}" for p in others)
+        row["tied_with"] = "; ".join(point_label(p, searched) for p in others)
         best_rows.append(row)
     best = pd.DataFrame(best_rows).reset_index(drop=True)
     t_label, t_from = bins(kd["temperature"], "temperature")
     return TAlphaStudy(
-        by=by, points=points.drop(columns="_order"), best=best.drop(columns="_order"),
+        by=by, searched=searched, points=points.drop(columns="_order"), best=best.drop(columns="_order"),
         by_temperature=_marginal(kd, by, "temperature").drop(columns="_order"),
         by_alpha=_marginal(kd.assign(temperature_range=t_label, temperature_from=t_from),
                            [*by, "temperature_from", "temperature_range"], "alpha").drop(columns="_order"),
     )
+
+
+def point_label(row: pd.Series, searched: Sequence[str] = ()) -> str:
+    """'T=2, alpha=0.5' (and any searched setting: ', lr=0.001')."""
+    return ", ".join([f"T={row['temperature']:.4g}", f"alpha={row['alpha']:.4g}", *(f"{k}={row[k]:.4g}" for k in searched)])
 
 
 def bins(values: pd.Series, column: str) -> tuple[list[str], np.ndarray]:
@@ -177,9 +192,11 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
     95 % paired t interval (`gain_low`, `gain_high`), whether it excludes 0, and the verdict
     ('pays', 'hurts', 'cannot tell'); `n_seeds` paired seeds and `n_test` test images."""
     kd = with_baselines(df)
-    keys = keys_in(kd, STUDENT)
-    best = optimal_t_alpha(df, by=keys).best[[*keys, "temperature", "alpha", "n_tied"]]
-    chosen = kd.merge(best, on=[*keys, "temperature", "alpha"])  # the best point's trial, one per seed
+    searched = searched_settings(kd, SETTINGS)
+    keys = [k for k in keys_in(kd, STUDENT) if k not in searched]
+    point = [*keys, "temperature", "alpha", *searched]
+    best = optimal_t_alpha(df, by=keys).best[[*point, "n_tied"]]
+    chosen = kd.merge(best, on=point)  # the best point's trial, one per seed
     paired = chosen[chosen["gain"].notna()]
     if paired.empty:
         raise ValueError("no distilled trial has a baseline with the same student and seed "
@@ -191,7 +208,9 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
             **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
             "n_seeds": g["seed"].nunique(),
             "n_test": g["n_test"].max() if "n_test" in g and g["n_test"].notna().any() else pd.NA,
-            "best_temperature": g["temperature"].iloc[0], "best_alpha": g["alpha"].iloc[0], "n_tied": g["n_tied"].iloc[0],
+            "best_temperature": g["temperature"].iloc[0], "best_alpha": g["alpha"].iloc[0],
+            **{f"best_{k}": g[k].iloc[0] for k in searched}, "n_tied": g["n_tied"].iloc[0],
+            "distilled_with": point_label(g.iloc[0], searched),
             "baseline_val_acc": g["baseline_val_acc"].mean(), "baseline_test_acc": g["baseline_test_acc"].mean(),
             "distilled_val_acc": g["best_val_acc"].mean(), "distilled_test_acc": g["test_acc"].mean(),
             "gain": ci.mean, "gain_low": ci.low, "gain_high": ci.high, "gain_excludes_0": ci.excludes_zero,
@@ -217,7 +236,7 @@ def compare_student_vs_baseline(df: pd.DataFrame) -> pd.DataFrame:
         improvement_high=sizes["gain_high"],
         n_seeds=sizes["n_seeds"],
         n_test=sizes["n_test"],
-        distilled_with=[f"T={t:g}, alpha={a:g}" for t, a in zip(sizes["best_temperature"], sizes["best_alpha"])],
+        distilled_with=sizes["distilled_with"],
     )
 
 
