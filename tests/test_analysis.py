@@ -68,7 +68,8 @@ def test_with_no_folder_the_newest_sweep_of_any_kind_is_read_and_named(tmp_path)
         os.utime(path, (1000, 1000))
     proc = analyse(cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"no folder given: reading the newest sweep under outputs, {newer.relative_to(tmp_path)} (last written")
+    picked = f"no folder given: reading the newest sweep under outputs, {newer.relative_to(tmp_path)} (last written"
+    assert proc.stdout.startswith(picked)
     assert "3 trials (3 distilled) from outputs/multirun/2026-01-02/10-00-00." in proc.stdout
     assert (newer / "report" / "summary.txt").read_text().startswith("3 trials (3 distilled)")
     assert not (grid / "report").exists()

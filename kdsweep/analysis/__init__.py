@@ -20,12 +20,13 @@ from kdsweep.analysis.loading import (SETTINGS, SIZE, STUDENT, describe_sweep, i
 from kdsweep.analysis.plots import (plot_gain_vs_size, plot_gains, plot_importances, plot_marginal,
                                     plot_t_alpha_plane)
 from kdsweep.analysis.report import Report, build_report, cli, main, report, summarize, write_report
-from kdsweep.analysis.tables import (TAlphaStudy, compare_student_vs_baseline, first_found, optimal_t_alpha,
+from kdsweep.analysis.tables import (NothingToCompare, TAlphaStudy, compare_student_vs_baseline, first_found, optimal_t_alpha,
                                      paired_baselines, student_size_study, temperature_effect, with_baselines)
 
 __all__ = [
-    "SETTINGS", "SIZE", "STUDENT", "Interval", "Report", "TAlphaStudy", "build_report", "cli",
-    "compare_student_vs_baseline", "describe", "importances_by_student", "describe_sweep", "first_found", "image_counts", "infer_count",
+    "SETTINGS", "SIZE", "STUDENT", "Interval", "NothingToCompare", "Report", "TAlphaStudy", "build_report", "cli",
+    "compare_student_vs_baseline", "describe", "describe_sweep", "first_found", "image_counts", "importances_by_student",
+    "infer_count",
     "latest_sweep", "load_trials", "main", "open_study", "optimal_t_alpha", "paired_baselines", "paired_interval",
     "parameter_importances", "plot_gain_vs_size", "plot_gains", "plot_importances", "plot_marginal",
     "plot_t_alpha_plane", "report", "student_size_study", "study_from_trials", "study_trials", "summarize",

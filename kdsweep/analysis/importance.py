@@ -2,7 +2,8 @@
 
 fANOVA (Hutter et al. 2014) fits a random forest to (parameters -> val accuracy) and splits the
 forest's variance between the parameters (under Optuna 2.10, whose fANOVA fails with current
-scikit-learn, the same forest's mean decrease in impurity stands in for it, and says so); PED-ANOVA (Watanabe et al. 2023, Optuna >= 3.6) compares
+scikit-learn, the same forest's mean decrease in impurity stands in for it, and says so);
+PED-ANOVA (Watanabe et al. 2023, Optuna >= 3.6) compares
 the parameters' distribution in the best trials with that over all of them. Both are Optuna's own
 (`optuna.importance.get_param_importances`), written against the API of Optuna 2.10 to 5. With a few
 dozen trials the importances are rough: read them as an ordering, not as percentages to the point.
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from kdsweep.analysis.tables import NothingToCompare
+
 if TYPE_CHECKING:
     import optuna
 
@@ -30,13 +33,13 @@ LOG_SCALE = {"temperature", "lr"}
 
 def study_from_trials(trials: pd.DataFrame) -> optuna.Study:
     """An in-memory Optuna study holding the distilled trials: their varying parameters (of
-    CANDIDATES) and their val accuracy as the value. Raises ValueError when nothing varies."""
+    CANDIDATES) and their val accuracy as the value. Raises NothingToCompare when nothing varies."""
     import optuna
 
     kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
     params = [c for c in CANDIDATES if c in kd and kd[c].notna().all() and kd[c].nunique() > 1]
     if kd.empty or not params:
-        raise ValueError("no parameter varies between the distilled trials: nothing to rank")
+        raise NothingToCompare("no parameter varies between the distilled trials: nothing to rank")
     distributions = {c: _distribution(c, kd[c].astype(float)) for c in params}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
@@ -67,7 +70,7 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
     (random forest seeded by `seed`) or, where the installed Optuna's fANOVA fails (Optuna 2.10 reads
     the forest's node values in a layout scikit-learn >= 1.3 changed), `mean_decrease_impurity` (the
     same forest's impurity decrease); and `ped_anova` where Optuna has it (>= 3.6). Sorted by the first,
-    largest first; `n_trials` is the number of COMPLETE trials used. Raises ValueError when Optuna
+    largest first; `n_trials` is the number of COMPLETE trials used. Raises NothingToCompare when Optuna
     cannot rank them (fewer than two complete trials, or no parameter that varies).
     """
     import optuna.importance as imp
@@ -83,10 +86,10 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
         except (ValueError, RuntimeError, IndexError) as e:
             error = e
     if not forest:
-        raise ValueError(f"Optuna cannot rank the parameters of {n} complete trials: {error}")
+        raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: {error}")
     (method, shares), = forest.items()
     if not shares:
-        raise ValueError(f"Optuna cannot rank the parameters of {n} complete trials: none varies")
+        raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: none varies")
     table = pd.DataFrame({"parameter": list(shares), method: list(shares.values())})
     if hasattr(imp, "PedAnovaImportanceEvaluator"):  # Optuna >= 3.6
         try:
@@ -100,20 +103,20 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
 
 def importances_by_student(trials: pd.DataFrame, by: Sequence[str], seed: int = 0) -> pd.DataFrame:
     """`parameter_importances` of the distilled trials of each student (the `by` columns that vary
-    between trials, first in the table). Raises ValueError when no student's trials can be ranked."""
+    between trials, first in the table). Raises NothingToCompare when no student's trials can be ranked."""
     kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
     keys = [k for k in by if k in kd and kd[k].nunique(dropna=False) > 1]
     frames, errors = [], []
     for key, group in (kd.groupby(keys, dropna=False, sort=True) if keys else [((), kd)]):
         try:
             table = parameter_importances(study_from_trials(group), seed=seed)
-        except ValueError as e:
+        except NothingToCompare as e:
             errors.append(str(e))
             continue
         values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         frames.append(pd.concat([pd.DataFrame([values] * len(table)), table], axis=1))
     if not frames:
-        raise ValueError(errors[0] if errors else "no distilled trials to rank")
+        raise NothingToCompare(errors[0] if errors else "no distilled trials to rank")
     return pd.concat(frames, ignore_index=True)
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from kdsweep.analysis.importance import METHODS
 from kdsweep.analysis.intervals import evidence
 from kdsweep.analysis.loading import STUDENT
-from kdsweep.analysis.tables import TAlphaStudy, keys_in, point_label
+from kdsweep.analysis.tables import NothingToCompare, TAlphaStudy, keys_in, point_label
 
 if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
     from matplotlib.figure import Figure
@@ -158,10 +158,10 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
 def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequence[str] = ()) -> Figure:
     """The test-accuracy gain over the baseline at each (T, alpha), paired by seed, with its 95 %
     interval: green where it lies above 0, red below, grey where it contains 0; hollow for one seed.
-    Raises ValueError when no point has a gain (no baselines)."""
+    Raises NothingToCompare when no point has a gain (no baselines)."""
     points = points[points["gain"].notna()] if "gain" in points else points.iloc[:0]
     if points.empty:
-        raise ValueError("no (T, alpha) point has a paired baseline: no gains to plot")
+        raise NothingToCompare("no (T, alpha) point has a paired baseline: no gains to plot")
     groups = _groups(points, keys_in(points, by))
     tallest = max(len(g) for _, g in groups)
     longest = max(len(point_label(r, searched)) for _, r in points.iterrows()) + 6
@@ -169,7 +169,7 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequ
     for ax, (name, frame) in zip(axes, groups):
         frame = frame.sort_values(["temperature", "alpha"], ascending=False)
         for y, (_, r) in enumerate(frame.iterrows()):
-            verdict = "cannot tell" if r["n_paired"] < 2 else "pays" if r["gain_low"] > 0 else "hurts" if r["gain_high"] < 0 else "cannot tell"
+            verdict = "pays" if r["gain_low"] > 0 else "hurts" if r["gain_high"] < 0 else "cannot tell"  # NaN: neither
             _point(ax, 100 * r["gain"], y, 100 * r["gain_low"], 100 * r["gain_high"], int(r["n_paired"]),
                    VERDICT_COLOURS[verdict], horizontal=True)
         ax.axvline(0, color="grey", linewidth=1, label="baseline (gain 0)")
@@ -190,16 +190,18 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequ
 def plot_gain_vs_size(sizes: pd.DataFrame) -> Figure:
     """Left: baseline and best distilled test accuracy against the student's parameter count.
     Right: the gain (distilled - baseline, paired by seed) with its 95 % paired t interval.
-    Raises ValueError for fewer than two student sizes: there is nothing to compare."""
+    Raises NothingToCompare for fewer than two student sizes: there is nothing to compare."""
     if sizes["student_params"].nunique() < 2:
-        raise ValueError(f"the size plot needs at least two student sizes; these trials have {sizes['student_params'].nunique()}")
+        raise NothingToCompare(
+            f"the size plot needs at least two student sizes; these trials have {sizes['student_params'].nunique()}")
     fig, (acc, gain) = _figure(2, width=6.0, height=4.6)
     other = [k for k in keys_in(sizes, STUDENT) if k not in ("student_width", "student_params")]
     for i, (name, s) in enumerate(_groups(sizes, other)):
         s = s.sort_values("student_params")
         prefix = f"{name}: " if name else ""
         acc.plot(s["student_params"], s["baseline_test_acc"], marker="o", color="grey", label=f"{prefix}baseline (cross-entropy)")
-        acc.plot(s["student_params"], s["distilled_test_acc"], marker="s", color=f"C{i}", label=f"{prefix}distilled (best T, alpha)")
+        acc.plot(s["student_params"], s["distilled_test_acc"], marker="s", color=f"C{i}",
+                 label=f"{prefix}distilled (best T, alpha)")
         gain.plot(s["student_params"], 100 * s["gain"], color=f"C{i}", linewidth=1, label=name or None)
         for _, r in s.iterrows():
             _point(gain, r["student_params"], 100 * r["gain"], 100 * r["gain_low"], 100 * r["gain_high"], int(r["n_seeds"]),

@@ -59,14 +59,14 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
         report.tables.update(student_size=sizes, student_vs_baseline=tables.compare_student_vs_baseline(trials))
         report.figures["gain_by_t_alpha"] = plots.plot_gains(t_alpha.points, t_alpha.by, t_alpha.searched)
         report.figures["gain_vs_student_size"] = plots.plot_gain_vs_size(sizes)
-    except ValueError as e:  # no baselines, or a single student size: the rest stands
+    except tables.NothingToCompare as e:  # no baselines, or a single student size: the rest stands
         report.notes.append(str(e))
     try:
         ranked = (importance.parameter_importances(study) if study is not None
                   else importance.importances_by_student(trials, t_alpha.by))
         report.tables["parameter_importance"] = ranked
         report.figures["parameter_importance"] = plots.plot_importances(ranked)
-    except ValueError as e:
+    except tables.NothingToCompare as e:
         report.notes.append(f"no parameter importances: {e}")
     report.summary = summarize(trials, source, t_alpha, sizes, report.tables.get("parameter_importance"))
     return report
@@ -94,7 +94,8 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
                      + (" (the same)" if abs(diff) < 1e-9 else f" ({points(diff)} points for the distilled)"))
         lines.append(text + ".")
         # merge, not .loc: a key may be missing (NaN), and merge matches NaN with NaN
-        row = (best.to_frame().T.infer_objects()[t_alpha.by].merge(sizes, on=t_alpha.by) if t_alpha.by else sizes) if sizes is not None else None
+        row = None if sizes is None else sizes if not t_alpha.by else \
+            best.to_frame().T.infer_objects()[t_alpha.by].merge(sizes, on=t_alpha.by)
         if row is not None and len(row):
             row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
@@ -135,7 +136,8 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
     if several.empty:
         g = 100 * known["gain"]
         return (f"Every (T, alpha) point was run with one seed, so no single point has an interval: the {len(known)} "
-                f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on {n_test or 'an unknown number of'} "
+                f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on "
+                f"{n_test or 'an unknown number of'} "
                 "test images. To tell a gain from noise, rerun the best points with seeds: python -m kdsweep.run -m search=grid "
                 "loss.temperature=T loss.alpha=ALPHA seed=0,1,2,3,4.")
 
@@ -148,7 +150,8 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
 
     pays, hurts = several[several["gain_low"] > 0], several[several["gain_high"] < 0]
     n = len(several)
-    seeds = f"{int(several['n_paired'].min())}" + (f"-{int(several['n_paired'].max())}" if several["n_paired"].nunique() > 1 else "")
+    low, high = int(several["n_paired"].min()), int(several["n_paired"].max())
+    seeds = f"{low}" if low == high else f"{low}-{high}"
     text = (f"Across the {n} (T, alpha) points with {seeds} paired seeds and {n_test or 'an unknown number of'} test images "
             f"(95 % paired t intervals): distillation pays at {len(pays)}{': ' + at(pays) if len(pays) else ''}; hurts at "
             f"{len(hurts)}{': ' + at(hurts) if len(hurts) else ''}; the data cannot tell at {n - len(pays) - len(hurts)}.")

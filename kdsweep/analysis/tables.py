@@ -18,6 +18,11 @@ from kdsweep.analysis.intervals import Interval, paired_interval
 from kdsweep.analysis.loading import SETTINGS, STUDENT
 from kdsweep.selection import best_with_ties
 
+class NothingToCompare(ValueError):
+    """The trials hold nothing for this table or plot (no baselines, one student size, nothing varied):
+    the report leaves it out and says why; any other error is a real one and stops the report."""
+
+
 GRID_LEVELS = 8  # a parameter with at most this many distinct values is a grid, shown value by value
 
 
@@ -43,7 +48,8 @@ def searched_settings(kd: pd.DataFrame, by: Sequence[str]) -> list[str]:
 def first_found(df: pd.DataFrame) -> np.ndarray:
     """Each row's rank in the order trials were found: by trial number, then by load order (a trial
     without a number comes after every numbered one). The tie rule names the lowest."""
-    number = df["trial_number"].astype("Float64").fillna(np.inf).to_numpy(dtype=float) if "trial_number" in df else np.full(len(df), np.inf)
+    number = (df["trial_number"].astype("Float64").fillna(np.inf).to_numpy(dtype=float) if "trial_number" in df
+              else np.full(len(df), np.inf))
     load = df["load_order"].to_numpy() if "load_order" in df else np.arange(len(df))
     return np.lexsort((load, number)).argsort().astype(float)
 
@@ -124,9 +130,9 @@ def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStud
     `first_found`), and the marginal curves over T and over alpha within ranges of T.
 
     A training setting searched continuously (`searched_settings`, say train.lr) is part of the point,
-    not of the group. `best` holds, per group, the chosen point's row of `points` plus `n_tied` (points at the best
-    val accuracy, the chosen one included), `tied_with` (the others, as "T=.., alpha=.." text) and
-    `baseline_val_acc` (the baseline student's val accuracy over the same seeds).
+    not of the group. `best` holds, per group, the chosen point's row of `points` plus `n_tied` (points
+    at the best val accuracy, the chosen one included), `tied_with` (the others, as "T=.., alpha=.."
+    text) and `baseline_val_acc` (the baseline student's val accuracy over the same seeds).
     """
     kd = with_baselines(df)
     searched = searched_settings(kd, SETTINGS)
@@ -190,7 +196,8 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
     """Per student (size and settings): the baseline, the best distilled (T, alpha) chosen on mean val
     accuracy over seeds (`optimal_t_alpha`), and its gain over the baseline paired by seed: mean,
     95 % paired t interval (`gain_low`, `gain_high`), whether it excludes 0, and the verdict
-    ('pays', 'hurts', 'cannot tell'); `n_seeds` paired seeds and `n_test` test images."""
+    ('pays', 'hurts', 'cannot tell'); `n_seeds` paired seeds and `n_test` test images. Raises
+    NothingToCompare when no distilled trial has a baseline with the same student and seed."""
     kd = with_baselines(df)
     searched = searched_settings(kd, SETTINGS)
     keys = [k for k in keys_in(kd, STUDENT) if k not in searched]
@@ -199,7 +206,7 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
     chosen = kd.merge(best, on=point)  # the best point's trial, one per seed
     paired = chosen[chosen["gain"].notna()]
     if paired.empty:
-        raise ValueError("no distilled trial has a baseline with the same student and seed "
+        raise NothingToCompare("no distilled trial has a baseline with the same student and seed "
                          "(run with baseline=true, or add loss=ce runs)")
     rows = []
     for key, g in paired.groupby(keys, dropna=False, sort=True):
