@@ -122,12 +122,15 @@ grey where it holds 0. A point run with one seed is hollow: it has no interval."
 
 Optuna's parameter importances for val accuracy (fANOVA; under Optuna 2.10, whose fANOVA fails with
 current scikit-learn, the random forest's mean decrease in impurity; PED-ANOVA beside it where Optuna
-has it), from the study itself when it was read from storage, otherwise from each student's trials
+has it; at least 5 trials), from the study itself when it was read from storage, otherwise from each student's trials
 (a wider student's accuracy would swamp what T and alpha do). `seed` appears when seeds vary: its share
 is the noise the other parameters must beat."""),
-    ("code", "ranked = analysis.parameter_importances(study) if study else analysis.importances_by_student(trials, t_alpha.by)\n"
-             "ranked"),
-    ("code", "analysis.plot_importances(ranked)"),
+    ("code", "try:\n"
+             "    ranked = analysis.parameter_importances(study) if study else analysis.importances_by_student(trials, t_alpha.by)\n"
+             "    display(ranked)\n"
+             "    display(analysis.plot_importances(ranked))\n"
+             "except analysis.NothingToCompare as e:  # too few trials, or nothing varied\n"
+             "    print(e)"),
     ("md", """\
 ## What the temperature does
 

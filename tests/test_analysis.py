@@ -100,8 +100,9 @@ def _study(tmp_path: Path, name: str = "kdsweep-digits-cnn-kd-abc") -> Path:
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{db}", direction="maximize")
     uniform = getattr(optuna.distributions, "FloatDistribution", None) or optuna.distributions.UniformDistribution
     dists = {"loss.temperature": uniform(1, 16), "loss.alpha": uniform(0.3, 0.9)}  # Optuna >= 3, or 2.10
-    for number, (T, alpha, val) in enumerate([(1.5, 0.4, 330), (9.0, 0.8, 341), (3.0, 0.5, 341), (12.0, 0.3, 335)]):
-        folder = write_trial(tmp_path / "trials" / f"t{'zyxw'[number]}", T=T, alpha=alpha, val=acc(val), test=acc(320 + number),
+    for number, (T, alpha, val) in enumerate([(1.5, 0.4, 330), (9.0, 0.8, 341), (3.0, 0.5, 341), (12.0, 0.3, 335),
+                                              (5.0, 0.6, 338)]):
+        folder = write_trial(tmp_path / "trials" / f"t{'zyxwv'[number]}", T=T, alpha=alpha, val=acc(val), test=acc(320 + number),
                              baseline=(acc(341), acc(333)))
         study.add_trial(optuna.trial.create_trial(
             params={"loss.temperature": T, "loss.alpha": alpha}, distributions=dists, value=acc(val),
@@ -119,7 +120,7 @@ def test_a_study_is_read_from_its_storage_and_ties_go_by_trial_number(tmp_path):
     assert (best["temperature"], best["first_trial"], best["n_tied"]) == (9.0, 1, 2)  # trial 1, not folder order
     assert best["tied_with"] == "T=3, alpha=0.5"
     trials = pd.read_csv(out / "trials.csv")
-    assert list(trials["trial_number"]) == [0, 1, 2, 3]
+    assert list(trials["trial_number"]) == [0, 1, 2, 3, 4]
     ranked = pd.read_csv(out / "parameter_importance.csv")  # from the study itself: Optuna's parameter names
     assert set(ranked["parameter"]) == {"loss.temperature", "loss.alpha"}
     assert f"from study kdsweep-digits-cnn-kd-abc in sqlite:///{db}" in proc.stdout
@@ -223,9 +224,11 @@ def test_the_command_line_reports_a_real_sweep(real_sweeps, tmp_path):
         assert (row["gain_low"], row["gain_high"]) == pytest.approx((np.mean(gains) - half, np.mean(gains) + half), abs=1e-6)
         assert row["verdict"] == ("pays" if row["gain_low"] > 0 else "hurts" if row["gain_high"] < 0 else "cannot tell")
     summary = (out / "summary.txt").read_text()
-    assert "with 2 seeds and 359 test images" in summary and "width=16: which parameter matters for val accuracy" in summary
-    for name in ("t_alpha_plane", "accuracy_vs_temperature", "accuracy_vs_alpha", "gain_by_t_alpha", "gain_vs_student_size",
-                 "parameter_importance"):
+    assert "with 2 seeds and 359 test images" in summary
+    # 4 distilled trials per student: too few to rank parameters, and the report says so rather than rank noise.
+    assert "no parameter importances: 4 complete trials are too few to rank parameters (at least 5)" in summary
+    assert not (out / "parameter_importance.png").exists()
+    for name in ("t_alpha_plane", "accuracy_vs_temperature", "accuracy_vs_alpha", "gain_by_t_alpha", "gain_vs_student_size"):
         assert_png(out / f"{name}.png")
 
 
@@ -279,4 +282,4 @@ def test_the_notebooks_run_against_a_real_sweep(name, real_sweeps, tmp_path, mon
     assert "with 2 seeds and 359 test images" in text  # the summary in words
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
-    assert (len(images), len(tables)) == ({"optimal_t_alpha": (5, 5), "student_size": (1, 2)}[name])
+    assert (len(images), len(tables)) == ({"optimal_t_alpha": (4, 4), "student_size": (1, 2)}[name])

@@ -265,3 +265,10 @@ def test_a_learning_rate_searched_continuously_is_part_of_the_point_not_a_studen
     sizes = analysis.student_size_study(trials)  # one student, its best point's own baseline (same lr)
     assert len(sizes) == 1 and sizes["best_lr"].iloc[0] == pytest.approx(0.0003 * 1.4**6)
     assert sizes["baseline_test_acc"].iloc[0] == pytest.approx(acc(300))  # i = 6: the even-i baseline
+
+
+def test_importances_refuse_too_few_trials(tmp_path):
+    for i in range(4):
+        write_trial(tmp_path / str(i), T=1.0 + i, alpha=0.5, val=acc(300 + i), test=0.9)
+    with pytest.raises(analysis.NothingToCompare, match="4 complete trials are too few to rank parameters"):
+        analysis.parameter_importances(analysis.study_from_trials(analysis.load_trials(tmp_path)))

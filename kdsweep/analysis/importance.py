@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # higher accuracy would otherwise swamp what T and alpha do.
 CANDIDATES = ["temperature", "alpha", "lr", "batch_size", "epochs", "seed"]
 LOG_SCALE = {"temperature", "lr"}
+MIN_TRIALS = 5  # a forest fitted to fewer trials ranks noise
 
 
 def study_from_trials(trials: pd.DataFrame) -> optuna.Study:
@@ -71,12 +72,14 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
     the forest's node values in a layout scikit-learn >= 1.3 changed), `mean_decrease_impurity` (the
     same forest's impurity decrease); and `ped_anova` where Optuna has it (>= 3.6). Sorted by the first,
     largest first; `n_trials` is the number of COMPLETE trials used. Raises NothingToCompare when Optuna
-    cannot rank them (fewer than two complete trials, or no parameter that varies).
+    cannot rank them (fewer than MIN_TRIALS complete trials, or no parameter that varies).
     """
     import optuna.importance as imp
     from optuna.trial import TrialState
 
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if n < MIN_TRIALS:
+        raise NothingToCompare(f"{n} complete trials are too few to rank parameters (at least {MIN_TRIALS})")
     forest = {}
     for method, evaluator in (("fanova", imp.FanovaImportanceEvaluator),
                               ("mean_decrease_impurity", imp.MeanDecreaseImpurityImportanceEvaluator)):
