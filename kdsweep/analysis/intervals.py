@@ -3,9 +3,9 @@
 A gain is distilled minus baseline test accuracy for the same student and seed (same initial
 weights, same batches), so seed-to-seed noise common to both cancels. Over the seeds, the 95 %
 interval is the paired t interval: mean +- t(0.975, n - 1) * sd / sqrt(n). Not a bootstrap: with the
-3-5 seeds a sweep can afford, a bootstrap resamples from at most 126 distinct samples and its
-percentile interval is too narrow (it ignores that the spread itself is estimated from n values),
-while the t quantile (4.30 for 3 seeds, 2.78 for 5) is made for exactly that. It assumes the gains
+3-5 seeds a sweep can afford, a bootstrap resamples from at most 10 (3 seeds) or 126 (5 seeds)
+distinct samples and its percentile interval is too narrow (it ignores that the spread itself is
+estimated from n values), while the t quantile (4.30 for 3 seeds, 2.78 for 5) is made for exactly that. It assumes the gains
 are roughly normal over seeds. It covers the seed-to-seed variation on this one test set; a different
 draw of test images would add its own (one image of 359 is 0.28 points).
 """
