@@ -1,0 +1,131 @@
+"""Which parameter matters: Optuna's parameter importances of val accuracy, from a study or from trials.
+
+fANOVA (Hutter et al. 2014) fits a random forest to (parameters -> val accuracy) and splits the
+forest's variance between the parameters (under Optuna 2.10, whose fANOVA fails with current
+scikit-learn, the same forest's mean decrease in impurity stands in for it, and says so);
+PED-ANOVA (Watanabe et al. 2023, Optuna >= 3.6) compares
+the parameters' distribution in the best trials with that over all of them. Both are Optuna's own
+(`optuna.importance.get_param_importances`), written against the API of Optuna 2.10 to 5. With a few
+dozen trials the importances are rough: read them as an ordering, not as percentages to the point.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from kdsweep.analysis.tables import NothingToCompare
+
+if TYPE_CHECKING:
+    import optuna
+
+# Columns of a trial that Optuna may have searched (or a grid varied); seed is included on purpose:
+# its share is the noise between seeds that the other parameters must beat. The student's size is
+# not: importances are computed per student (`importances_by_student`), since a wider student's
+# higher accuracy would otherwise swamp what T and alpha do.
+CANDIDATES = ["temperature", "alpha", "lr", "batch_size", "epochs", "seed"]
+LOG_SCALE = {"temperature", "lr"}
+MIN_TRIALS = 5  # a forest fitted to fewer trials ranks noise
+
+
+def study_from_trials(trials: pd.DataFrame) -> optuna.Study:
+    """An in-memory Optuna study holding the distilled trials: their varying parameters (of
+    CANDIDATES) and their val accuracy as the value. Raises NothingToCompare when nothing varies."""
+    import optuna
+
+    kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
+    params = [c for c in CANDIDATES if c in kd and kd[c].notna().all() and kd[c].nunique() > 1]
+    if kd.empty or not params:
+        raise NothingToCompare("no parameter varies between the distilled trials: nothing to rank")
+    distributions = {c: _distribution(c, kd[c].astype(float)) for c in params}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # create_trial and add_trial are "experimental" in Optuna 2.10
+        for _, row in kd.iterrows():
+            study.add_trial(optuna.trial.create_trial(
+                params={c: float(row[c]) for c in params}, distributions=distributions, value=float(row["best_val_acc"])))
+    return study
+
+
+def _distribution(name: str, values: pd.Series) -> optuna.distributions.BaseDistribution:
+    import optuna.distributions as d
+
+    low, high, log = float(values.min()), float(values.max()), name in LOG_SCALE and values.min() > 0
+    if hasattr(d, "FloatDistribution"):  # Optuna >= 3
+        return d.FloatDistribution(low, high, log=log)
+    return d.LogUniformDistribution(low, high) if log else d.UniformDistribution(low, high)
+
+
+METHODS = {"fanova": "fANOVA", "mean_decrease_impurity": "mean decrease impurity", "ped_anova": "PED-ANOVA"}
+
+
+def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
+    """Importance of each searched parameter for the study's objective, one row per parameter.
+
+    Columns: `parameter`, then one column of shares (summing to 1) per method that ran: `fanova`
+    (random forest seeded by `seed`) or, where the installed Optuna's fANOVA fails (Optuna 2.10 reads
+    the forest's node values in a layout scikit-learn >= 1.3 changed), `mean_decrease_impurity` (the
+    same forest's impurity decrease); and `ped_anova` where Optuna has it (>= 3.6). Sorted by the first,
+    largest first; `n_trials` is the number of COMPLETE trials used. Raises NothingToCompare when Optuna
+    cannot rank them (fewer than MIN_TRIALS complete trials, or no parameter that varies).
+    """
+    import optuna.importance as imp
+    from optuna.trial import TrialState
+
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if n < MIN_TRIALS:
+        raise NothingToCompare(f"{n} complete trials are too few to rank parameters (at least {MIN_TRIALS})")
+    forest = {}
+    for method, evaluator in (("fanova", imp.FanovaImportanceEvaluator),
+                              ("mean_decrease_impurity", imp.MeanDecreaseImpurityImportanceEvaluator)):
+        try:
+            forest = {method: _importances(study, evaluator(seed=seed))}
+            break
+        except (ValueError, RuntimeError, IndexError) as e:
+            error = e
+    if not forest:
+        raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: {error}")
+    (method, shares), = forest.items()
+    if not shares:
+        raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: none varies")
+    table = pd.DataFrame({"parameter": list(shares), method: list(shares.values())})
+    if hasattr(imp, "PedAnovaImportanceEvaluator"):  # Optuna >= 3.6
+        try:
+            ped = _importances(study, imp.PedAnovaImportanceEvaluator())
+            table["ped_anova"] = [ped.get(p, math.nan) for p in table["parameter"]]
+        except (ValueError, RuntimeError, IndexError):  # too few trials for its top quantile
+            table["ped_anova"] = math.nan
+    table["n_trials"] = n
+    return table.sort_values(method, ascending=False, ignore_index=True)
+
+
+def importances_by_student(trials: pd.DataFrame, by: Sequence[str], seed: int = 0) -> pd.DataFrame:
+    """`parameter_importances` of the distilled trials of each student (the `by` columns that vary
+    between trials, first in the table). Raises NothingToCompare when no student's trials can be ranked."""
+    kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
+    keys = [k for k in by if k in kd and kd[k].nunique(dropna=False) > 1]
+    frames, errors = [], []
+    for key, group in (kd.groupby(keys, dropna=False, sort=True) if keys else [((), kd)]):
+        try:
+            table = parameter_importances(study_from_trials(group), seed=seed)
+        except NothingToCompare as e:
+            errors.append(str(e))
+            continue
+        values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        frames.append(pd.concat([pd.DataFrame([values] * len(table)), table], axis=1))
+    if not frames:
+        raise NothingToCompare(errors[0] if errors else "no distilled trials to rank")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _importances(study: optuna.Study, evaluator: object) -> dict[str, float]:
+    import optuna.importance as imp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's experimental-API warnings
+        return {p: float(v) for p, v in imp.get_param_importances(study, evaluator=evaluator).items()}
