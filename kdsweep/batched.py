@@ -272,7 +272,8 @@ def fit_batch(
             sums += parts * idx.shape[-1]
             step += 1
         means = (sums / n).tolist()
-        val_acc = (stack.predict(val.x).argmax(dim=-1) == val.y).float().mean(dim=1).tolist()
+        # Exact counts over the val rows, as `metrics.accuracy` gives a single trial.
+        val_acc = [int(c) / len(val.y) for c in (stack.predict(val.x).argmax(dim=-1) == val.y).sum(dim=1)]
         for i, outcome in enumerate(outcomes):
             if not isinstance(outcome, FitResult):
                 continue  # diverged earlier: its NaN weights keep training, apart from the others, unused

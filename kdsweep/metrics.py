@@ -17,7 +17,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) ->
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return (logits.argmax(dim=-1) == targets).float().mean().item()
+    """Fraction of the N rows (logits (N, C), targets (N,)) whose top-1 class is the target.
+
+    Computed as an exact count over N in float64, not a float32 mean: equal counts then give equal
+    floats, which the tie rule (`kdsweep.selection`) and means over seeds rely on.
+    """
+    return int((logits.argmax(dim=-1) == targets).sum()) / len(targets)
 
 
 def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Val accuracies are counts over a fixed val set (k / n), or means of such counts over s seeds:
-# two different ones differ by at least 1 / (n * s), over 1e-8 for n * s up to 10^8, while float64
-# rounding of those means is near 1e-16. Anything closer than 1e-9 is therefore the same accuracy.
+# Val accuracies are exact counts over a fixed val set (k / n in float64, see `metrics.accuracy`), or
+# means of such counts over s seeds: two different ones differ by at least 1 / (n * s), over 1e-8 for
+# n * s up to 10^8, while float64 rounding of those means is near 1e-16. Anything closer than 1e-9 is
+# the same accuracy. (Accuracies that older releases stored as float32 means carry ~6e-8 of rounding:
+# `kdsweep.analysis` turns them back into exact counts before it compares them.)
 TIE_TOLERANCE = 1e-9
 
 
