@@ -380,10 +380,24 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def idle_cores() -> int:
+    """The cores other processes leave idle: the cores less the 1-minute load average, rounded (as
+    `make -l` reads the load); at least 1. The load counts this process too once it has run a while,
+    so this leans to fewer threads."""
+    cores = available_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
 def batch_threads(k: int, per_trial: int | None) -> int:
     """Torch threads for a batch of k stacked students: as many as k single trials would use
-    (`per_trial`, train.num_threads; None counts as 1), never more than the cores."""
-    return max(1, min(available_cores(), k * (per_trial or 1)))
+    (`per_trial`, train.num_threads; None counts as 1), at most the idle cores (`idle_cores`).
+
+    Why the load counts (2-core VM, load average 7-9 from other work, benchmarks/batch_threads.py):
+    a step of K = 3 to 8 stacked students took 7x (784-128-10) to 36x (64-16-10) as long on 2
+    threads as on 1; the threads of a step wait on each other, and each waits for a core.
+    """
+    return max(1, min(idle_cores(), k * (per_trial or 1)))
 
 
 @contextmanager
@@ -414,7 +428,7 @@ def train_trials(
 
     fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
     num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
-    as the K trials would use alone, at most the cores). Everything else (the teacher, and the
+    as the K trials would use alone, at most the cores other processes leave idle). Everything else (the teacher, and the
     baseline student that each trial's report trains once) runs on train.num_threads, as in a single
     run: a single small network on every core of a busy machine is many times slower than on one.
     Trials with `pruning` report to their Optuna trials (`kdsweep.pruning`), each stopping alone.
@@ -451,7 +465,9 @@ def train_trials(
         loss_fn = ce_losses(data.train.y)
     log.info("training %d trials as one batched model: %s", len(trials), ", ".join(
         f"(T={s.loss.temperature}, alpha={s.loss.alpha}, seed={s.seed})" for s in trials))
-    with torch_threads(num_threads or batch_threads(len(trials), train.num_threads)):
+    threads = num_threads or batch_threads(len(trials), train.num_threads)
+    log.info("the batch trains on %d torch thread%s", threads, "" if threads == 1 else "s")
+    with torch_threads(threads):
         outcomes = fit_batch(
             students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=train.lr,
             weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
@@ -461,7 +477,7 @@ def train_trials(
     batched = []
     for s, i, student, outcome in zip(trials, inputs, students, outcomes):
         # Each trial reports its share of the batch's training time, and how many trials shared it.
-        timings = dict(i.timings, batched_trials=len(trials))
+        timings = dict(i.timings, batched_trials=len(trials), batch_threads=threads)
         if isinstance(outcome, FitResult):
             outcome.seconds /= len(trials)
         batched.append(BatchedTrial(s, TrialInputs(i.data, i.teacher_logits, i.teacher_info, timings), student, outcome))

@@ -99,8 +99,9 @@ def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
     try:
         pruner = instantiate(node)
     except InstantiationException as e:
+        why = " ".join(str(e).split())  # Hydra's message spans lines: one paragraph
         raise ConfigError(f"hydra.sweeper.pruner cannot be built (hydra.sweeper.pruner._target_={target}): "
-                          f"{e}. Its arguments are those of the class's constructor.") from None
+                          f"{why}. Its arguments are those of the class's constructor.") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise ConfigError(f"hydra.sweeper.pruner._target_ must name an Optuna pruner class (a subclass of "
                           f"optuna.pruners.BasePruner, e.g. optuna.pruners.MedianPruner), but got "

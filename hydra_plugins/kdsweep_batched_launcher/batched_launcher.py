@@ -41,9 +41,10 @@ class KDSweepBatchedLauncherConf:
     # rounding (within 1e-6 of one plain optimizer per trial). false: the plain optimizer, as a single run.
     fused_optimizer: bool = True
     # torch CPU threads while a batch's stacked students train. null: as many as its K trials would
-    # use alone (K x train.num_threads), at most the cores this process may use. The teacher, the
-    # baseline student and jobs that run one by one use train.num_threads, as single runs do (one
-    # small network on both cores of a busy 2-core machine took 15-22 s where one thread took 0.2 s).
+    # use alone (K x train.num_threads), at most the cores that other processes leave idle (by the
+    # load average): on a busy 2-core machine a batch's steps took 7-36x as long on 2 threads as on 1.
+    # The teacher, the baseline student and jobs that run one by one use train.num_threads, as
+    # single runs do.
     num_threads: Optional[int] = None
 
 
