@@ -128,13 +128,15 @@ class KDSweepBatchedLauncher(BasicLauncher):
         for pos, reason in bad.items():
             log.info("kdsweep_batched: running job #%d alone: it has a bad config (%s); it reports its own error",
                      initial_job_idx + pos, reason)
+            (returns[pos],) = super().launch([job_overrides[pos]], initial_job_idx + pos)
         good = [pos for pos in range(len(configs)) if pos not in bad]
         groups = batch_groups([_task_config(configs[pos]) for pos in good])
         for members, values in groups:
             positions = [good[m] for m in members]
             names = ", ".join(f"#{initial_job_idx + pos}" for pos in positions)
             if len(positions) < 2:
-                log.info("kdsweep_batched: running job %s alone: no other job of this batch has its %s", names, values)
+                why = f"no other job of this batch has its {values}" if values else "no other job of this batch can join it"
+                log.info("kdsweep_batched: running job %s alone: %s", names, why)
                 trials, reason = None, ""
             else:
                 trials, reason = self._train_together([settings[pos] for pos in positions])
