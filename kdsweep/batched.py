@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -309,6 +309,9 @@ def fit_batch(
     start = time.perf_counter()
     stack, k, n = StackedStudents(students), len(students), len(train_x)
     stoppers = list(should_stop) if should_stop is not None else [None] * k
+    if len(stoppers) != k or len(generators) != k:
+        raise ValueError(f"fit_batch needs one generator and one should_stop (or None) per student: {k} students, "
+                         f"{len(generators)} generators, {len(stoppers)} should_stop")
     stack.match_gradient_layout(train_x[:batch_size], shared=True)
     params = list(stack.params.values())
     optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay), False
@@ -389,15 +392,15 @@ def idle_cores() -> int:
     return max(1, min(cores, round(cores - load)))
 
 
-def batch_threads(k: int, per_trial: int | None) -> int:
+def batch_threads(k: int, per_trial: int | None, idle: int | None = None) -> int:
     """Torch threads for a batch of k stacked students: as many as k single trials would use
-    (`per_trial`, train.num_threads; None counts as 1), at most the idle cores (`idle_cores`).
+    (`per_trial`, train.num_threads; None counts as 1), at most the idle cores (None: `idle_cores()`).
 
     Why the load counts (2-core VM, load average 7-9 from other work, benchmarks/batch_threads.py):
     a step of K = 3 to 8 stacked students took 7x (784-128-10) to 36x (64-16-10) as long on 2
     threads as on 1; the threads of a step wait on each other, and each waits for a core.
     """
-    return max(1, min(idle_cores(), k * (per_trial or 1)))
+    return max(1, min(idle_cores() if idle is None else idle, k * (per_trial or 1)))
 
 
 @contextmanager
@@ -428,9 +431,9 @@ def train_trials(
 
     fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
     num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
-    as the K trials would use alone, at most the cores other processes leave idle). Everything else (the teacher, and the
-    baseline student that each trial's report trains once) runs on train.num_threads, as in a single
-    run: a single small network on every core of a busy machine is many times slower than on one.
+    as the K trials would use alone, at most the cores other processes leave idle). Everything else
+    (the teacher, and the baseline student that the first report trains) runs on train.num_threads,
+    as in a single run: one small network on every core of a busy machine is many times slower.
     Trials with `pruning` report to their Optuna trials (`kdsweep.pruning`), each stopping alone.
 
     Raises NotBatchable (before any training) when the student or optimizer cannot be stacked, or

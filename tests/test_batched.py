@@ -7,6 +7,7 @@ checks run the real CLI with `hydra/launcher=kdsweep_batched` against the basic 
 from __future__ import annotations
 
 import math
+import os
 
 import optuna
 import pytest
@@ -350,11 +351,12 @@ def test_a_batch_with_a_bad_value_fails_as_with_the_basic_launcher(tmp_path):
 # --- threads ---------------------------------------------------------------------------------------
 
 def test_a_batch_uses_no_more_threads_than_its_trials_would_nor_than_idle_cores():
-    cores, idle = batched.available_cores(), batched.idle_cores()
-    assert 1 <= idle <= cores
-    assert batched.batch_threads(1, 1) == 1
-    assert batched.batch_threads(3, None) == min(3, idle)
-    assert batched.batch_threads(64, 4) == idle
+    assert 1 <= batched.idle_cores() <= batched.available_cores() <= (os.cpu_count() or 1)
+    assert batched.batch_threads(1, 1, idle=16) == 1
+    assert batched.batch_threads(3, None, idle=16) == 3  # train.num_threads=null counts as one thread a trial
+    assert batched.batch_threads(3, 2, idle=16) == 6
+    assert batched.batch_threads(64, 4, idle=2) == 2
+    assert batched.batch_threads(8, 1, idle=0) == 1
 
 
 def test_train_trials_leaves_torch_on_the_single_runs_threads(cache_dir):
