@@ -15,7 +15,9 @@ apart, so each trial is the trial it would be alone:
 - optimizer: only element-wise ones (Adam, SGD, ...), whose update of a stacked tensor equals K
   separate updates with the same lr and weight decay;
 - per epoch: each trial's mean losses, val accuracy and best-val weights; a trial whose epoch loss is
-  NaN or infinite fails alone with the `DivergenceError` that `train.fit` raises.
+  NaN or infinite fails alone with the `DivergenceError` that `train.fit` raises;
+- stopping: a trial that diverged or that its `should_stop` (the pruner's hook) stopped leaves the
+  stack, with its optimizer state: the others go on as K-1 students, and the batch ends when none is left.
 
 Batched matmuls round differently from K single ones, so long runs drift apart slightly (README).
 """
@@ -29,9 +31,11 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +46,8 @@ from tqdm.auto import tqdm
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError, KDSweepError
 from kdsweep.losses import teacher_log_probs
-from kdsweep.train import FitResult, OptimizerFactory, divergence_error
-from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, trial_inputs
+from kdsweep.train import FitResult, OptimizerFactory, ShouldStop, divergence_error
+from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, pruned, trial_inputs
 
 log = logging.getLogger("kdsweep")
 
@@ -54,10 +58,18 @@ ELEMENTWISE_OPTIMIZERS = (
     torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
 )
 
-# (stacked logits (K, B, C), the batch's indices (B,) if shared or (K, B)) -> (K, 3): total, soft, hard
-BatchLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# (step number from 0, the step's (K, 3) loss parts): for tests and diagnostics
+# (step number from 0, the step's (K, 3) loss parts, NaN rows for trials that have stopped): for
+# tests and diagnostics
 StepHook = Callable[[int, torch.Tensor], None]
+
+
+class BatchLossFn(Protocol):
+    """K losses: (stacked logits (K, B, C), the batch's indices (B,) if shared or (K, B)) -> (K, 3):
+    total, soft, hard; `select(rows)` gives the losses of those trials alone (when others stop)."""
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor: ...
+
+    def select(self, rows: list[int]) -> BatchLossFn: ...
 
 
 class NotBatchable(KDSweepError):
@@ -107,6 +119,24 @@ class StackedStudents:
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
+
+    def trial_dim(self, name: str) -> int:
+        """The dimension of leaf `name` that runs over the trials (not 0 where its layout is permuted)."""
+        return self.layouts[name][0] if name in self.layouts else 0
+
+    def keep(self, rows: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Keep only the students at `rows` (positions in the stack); new leaves, laid out as before.
+
+        Returns name -> (old leaf, new leaf), to carry the optimizer's state over (`_keep_rows`).
+        """
+        index = torch.tensor(rows, device=next(iter(self.params.values())).device)
+        moved = {}
+        for name, leaf in list(self.params.items()):
+            self.params[name] = leaf.detach().index_select(self.trial_dim(name), index).requires_grad_()
+            moved[name] = (leaf, self.params[name])
+        self.buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
+        self.k = len(rows)
+        return moved
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -175,30 +205,37 @@ def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
 def kd_losses(soft_targets: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor, alpha: torch.Tensor) -> BatchLossFn:
     """K distillation losses: trial k's is `kd_loss_from_log_probs` of soft_targets[k], T[k], alpha[k].
 
+    soft_targets: (K, N, C) log-probabilities; labels: (N,); temperature, alpha: (K,).
     Written out over the trial axis rather than vmapped: torch has no batching rule for kl_div, and
     its per-trial fallback loop costs more than the students. tests/test_batched.py checks that each
     trial's value equals `kd_loss_from_log_probs`.
     """
-    # Example-major (N, K, 2, C): log p and p of every trial for one example are one row, so a batch
-    # is one gather of contiguous rows rather than two strided gathers per step.
-    by_example = torch.stack([soft_targets, soft_targets.exp()], dim=2).transpose(0, 1).contiguous()
-    t = temperature[:, None, None]
-    trials = torch.arange(len(soft_targets), device=soft_targets.device)[:, None]
+    return _KDLosses(soft_targets, labels, temperature, alpha)
 
-    def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+
+class _KDLosses:
+    def __init__(self, soft_targets: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor, alpha: torch.Tensor) -> None:
+        self.soft_targets, self.labels, self.temperature, self.alpha = soft_targets, labels, temperature, alpha
+        # Example-major (N, K, 2, C): log p and p of every trial for one example are one row, so a batch
+        # is one gather of contiguous rows rather than two strided gathers per step.
+        self.by_example = torch.stack([soft_targets, soft_targets.exp()], dim=2).transpose(0, 1).contiguous()
+        self.trials = torch.arange(len(soft_targets), device=soft_targets.device)[:, None]
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         k, b, c = logits.shape
         if idx.dim() == 1:
-            targets, y = by_example[idx].transpose(0, 1), labels[idx].expand(k, b)
+            targets, y = self.by_example[idx].transpose(0, 1), self.labels[idx].expand(k, b)
         else:
-            targets, y = by_example[idx, trials], labels[idx]
+            targets, y = self.by_example[idx, self.trials], self.labels[idx]
         log_p, p = targets[:, :, 0], targets[:, :, 1]
         # F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) per trial: sum p (log p - log q) / B
-        kl = (p * (log_p - F.log_softmax(logits / t, dim=-1))).sum(dim=(1, 2)) / b
-        soft = temperature**2 * kl
+        kl = (p * (log_p - F.log_softmax(logits / self.temperature[:, None, None], dim=-1))).sum(dim=(1, 2)) / b
+        soft = self.temperature**2 * kl
         hard = _cross_entropy(logits, y)
-        return torch.stack([alpha * soft + (1.0 - alpha) * hard, soft, hard], dim=1)
+        return torch.stack([self.alpha * soft + (1.0 - self.alpha) * hard, soft, hard], dim=1)
 
-    return loss
+    def select(self, rows: list[int]) -> BatchLossFn:
+        return _KDLosses(self.soft_targets[rows], self.labels, self.temperature[rows], self.alpha[rows])
 
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -209,13 +246,38 @@ def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def ce_losses(labels: torch.Tensor) -> BatchLossFn:
     """K cross-entropy losses (the baseline student's), trial k's on its own logits and batch."""
+    return _CELosses(labels)
 
-    def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+
+class _CELosses:
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         k, b, _ = logits.shape
-        hard = _cross_entropy(logits, labels[idx].expand(k, b))
+        hard = _cross_entropy(logits, self.labels[idx].expand(k, b))
         return torch.stack([hard, torch.zeros_like(hard), hard], dim=1)
 
-    return loss
+    def select(self, rows: list[int]) -> BatchLossFn:
+        return self  # nothing per trial
+
+
+def _keep_rows(
+    stack: StackedStudents, optimizer: torch.optim.Optimizer, rows: list[int], build: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+) -> torch.optim.Optimizer:
+    """Shrink the stack to `rows` and return an optimizer over the new leaves that carries on from
+    `optimizer`: each state tensor shaped like its parameter (Adam's moments, SGD's momentum) keeps
+    those rows, scalars (Adam's step count, shared by all) are kept as they are. Element-wise
+    optimizers hold nothing else, so the kept trials step on exactly as before."""
+    states = {name: optimizer.state.get(leaf, {}) for name, leaf in stack.params.items()}
+    moved = stack.keep(rows)
+    new = build(list(stack.params.values()))
+    index = torch.tensor(rows, device=next(iter(stack.params.values())).device)
+    for name, (old_leaf, leaf) in moved.items():
+        dim = stack.trial_dim(name)
+        new.state[leaf] = {key: v.index_select(dim, index) if torch.is_tensor(v) and v.shape == old_leaf.shape else v
+                           for key, v in states[name].items()}
+    return new
 
 
 def fit_batch(
@@ -233,32 +295,46 @@ def fit_batch(
     progress: bool = False,
     on_step: StepHook | None = None,
     fused: bool = False,
+    should_stop: Sequence[ShouldStop | None] | None = None,
+    report_every: int = 1,
 ) -> list[FitResult | DivergenceError]:
     """`train.fit` for K students at once: per trial a FitResult, or the DivergenceError it failed with.
 
     fused: build the optimizer with `fused=True` where its class takes it (Adam, AdamW, SGD, ...).
+    should_stop: per trial, None or `train.fit`'s hook, called every `report_every` epochs with that
+    trial's val accuracy; a trial it stops (its FitResult's `stopped_epoch` set) leaves the stack and
+    the others go on; the batch ends when every trial has stopped, diverged or run all epochs.
     Each FitResult's `seconds` is the batch's whole training time.
     """
     start = time.perf_counter()
     stack, k, n = StackedStudents(students), len(students), len(train_x)
+    stoppers = list(should_stop) if should_stop is not None else [None] * k
+    if len(stoppers) != k or len(generators) != k:
+        raise ValueError(f"fit_batch needs one generator and one should_stop (or None) per student: {k} students, "
+                         f"{len(generators)} generators, {len(stoppers)} should_stop")
     stack.match_gradient_layout(train_x[:batch_size], shared=True)
     params = list(stack.params.values())
-    optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay)
+    optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay), False
     if fused and "fused" in inspect.signature(type(optimizer)).parameters:
         # K students' Adam state no longer fits in cache: the per-op loop of the default Adam streams
         # it from memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster
         # steps of the optimizer). Same update, rounded differently: within 1e-6 of K plain Adams.
         try:
-            optimizer = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
+            optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True), True
         except RuntimeError as e:  # no fused kernel for this device or dtype: the plain one is exact anyway
             log.info("the fused optimizer is not available here (%s); using the plain one", e)
+
+    def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:  # for the stack once trials leave it
+        return make_optimizer(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if use_fused else {}))
+
     outcomes: list[FitResult | DivergenceError] = [FitResult() for _ in range(k)]
+    active = list(range(k))  # the trials still in the stack, in its order
     step = 0
     for epoch in tqdm(range(1, epochs + 1), desc=f"{k} students", disable=not progress, leave=False):
         stack.train()
-        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(train_x.device)
+        orders = torch.stack([torch.randperm(n, generator=generators[i]) for i in active]).to(train_x.device)
         shared = bool((orders == orders[0]).all())  # same seed: one gather serves every trial
-        sums = torch.zeros(k, 3, device=train_x.device)
+        sums = torch.zeros(len(active), 3, device=train_x.device)
         for begin in range(0, n, batch_size):
             idx = orders[0, begin : begin + batch_size] if shared else orders[:, begin : begin + batch_size]
             parts = loss_fn(stack(train_x[idx], shared), idx)
@@ -268,25 +344,75 @@ def fit_batch(
             optimizer.step()
             parts = parts.detach()
             if on_step is not None:
-                on_step(step, parts)
+                on_step(step, parts if len(active) == k else
+                        torch.full((k, 3), math.nan, device=parts.device).index_copy(0, torch.tensor(active, device=parts.device), parts))
             sums += parts * idx.shape[-1]
             step += 1
         means = (sums / n).tolist()
         # Exact counts over the val rows, as `metrics.accuracy` gives a single trial.
         val_acc = [int(c) / len(val.y) for c in (stack.predict(val.x).argmax(dim=-1) == val.y).sum(dim=1)]
-        for i, outcome in enumerate(outcomes):
-            if not isinstance(outcome, FitResult):
-                continue  # diverged earlier: its NaN weights keep training, apart from the others, unused
-            loss, soft, hard = means[i]
+        leaving = []
+        for row, i in enumerate(active):
+            outcome = outcomes[i]
+            assert isinstance(outcome, FitResult)
+            loss, soft, hard = means[row]
             if not math.isfinite(loss):
                 outcomes[i] = divergence_error(epoch, loss, soft, hard)  # this trial fails, the others go on
+                leaving.append(row)
                 continue
-            outcome.record_epoch(epoch, loss, soft, hard, val_acc[i], lambda: stack.state_dict(i))
+            outcome.record_epoch(epoch, loss, soft, hard, val_acc[row], lambda row=row: stack.state_dict(row))
+            stop = stoppers[i]
+            if stop is not None and epoch % report_every == 0 and stop(epoch, val_acc[row]):
+                outcome.stopped_epoch = epoch
+                leaving.append(row)
+        if leaving:
+            rows = [row for row in range(len(active)) if row not in leaving]
+            if not rows:
+                break
+            optimizer = _keep_rows(stack, optimizer, rows, build)
+            loss_fn = loss_fn.select(rows)
+            active = [active[row] for row in rows]
     seconds = time.perf_counter() - start
     for outcome in outcomes:
         if isinstance(outcome, FitResult):
             outcome.seconds = seconds
     return outcomes
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def idle_cores() -> int:
+    """The cores other processes leave idle: the cores less the 1-minute load average, rounded (as
+    `make -l` reads the load); at least 1. The load counts this process too once it has run a while,
+    so this leans to fewer threads."""
+    cores = available_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
+def batch_threads(k: int, per_trial: int | None, idle: int | None = None) -> int:
+    """Torch threads for a batch of k stacked students: as many as k single trials would use
+    (`per_trial`, train.num_threads; None counts as 1), at most the idle cores (None: `idle_cores()`).
+
+    Why the load counts (2-core VM, load average 7-9 from other work, benchmarks/batch_threads.py):
+    a step of K = 3 to 8 stacked students took 7x (784-128-10) to 36x (64-16-10) as long on 2
+    threads as on 1; the threads of a step wait on each other, and each waits for a core.
+    """
+    return max(1, min(idle_cores() if idle is None else idle, k * (per_trial or 1)))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU thread count set to n inside the block, and back to what it was after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -305,12 +431,27 @@ def train_trials(
     """Train K trials that differ only in T, alpha and the seed as one model.
 
     fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
-    num_threads: torch CPU threads while training; None: one per core.
+    num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
+    as the K trials would use alone, at most the cores other processes leave idle). Everything else
+    (the teacher, and the baseline student that the first report trains) runs on train.num_threads,
+    as in a single run: one small network on every core of a busy machine is many times slower.
+    Trials with `pruning` report to their Optuna trials (`kdsweep.pruning`), each stopping alone.
 
-    Raises NotBatchable (before any training) when the student or optimizer cannot be stacked.
+    Raises NotBatchable (before any training) when the student or optimizer cannot be stacked, or
+    the trials report to their pruners at different periods.
     """
     first = trials[0]
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    if first.train.num_threads:
+        torch.set_num_threads(first.train.num_threads)
+    periods = {s.pruning.report_every for s in trials if s.pruning is not None}
+    if len(periods) > 1:
+        raise NotBatchable(f"the trials report to their pruners every {sorted(periods)} epochs (hydra.sweeper."
+                           "report_every); one batch reports at one period")
+    should_stop = None
+    if periods:  # before any training: a study that cannot be reached fails first
+        from kdsweep.pruning import should_stop_for
+
+        should_stop = [should_stop_for(s.pruning) if s.pruning is not None else None for s in trials]
     inputs = [trial_inputs(s) for s in trials]  # the teacher is trained or loaded once, then memoized
     data = inputs[0].data
     students = [new_student(s, i.data) for s, i in zip(trials, inputs)]
@@ -328,16 +469,19 @@ def train_trials(
         loss_fn = ce_losses(data.train.y)
     log.info("training %d trials as one batched model: %s", len(trials), ", ".join(
         f"(T={s.loss.temperature}, alpha={s.loss.alpha}, seed={s.seed})" for s in trials))
-    outcomes = fit_batch(
-        students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=train.lr,
-        weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
-        generators=[torch.Generator().manual_seed(s.seed) for s in trials], progress=sys.stderr.isatty(),
-        fused=fused_optimizer,
-    )
+    threads = num_threads or batch_threads(len(trials), train.num_threads)
+    log.info("the batch trains on %d torch thread%s", threads, "" if threads == 1 else "s")
+    with torch_threads(threads):
+        outcomes = fit_batch(
+            students, data.train.x, loss_fn, first.make_optimizer, data.val, lr=train.lr,
+            weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
+            generators=[torch.Generator().manual_seed(s.seed) for s in trials], progress=sys.stderr.isatty(),
+            fused=fused_optimizer, should_stop=should_stop, report_every=periods.pop() if periods else 1,
+        )
     batched = []
     for s, i, student, outcome in zip(trials, inputs, students, outcomes):
         # Each trial reports its share of the batch's training time, and how many trials shared it.
-        timings = dict(i.timings, batched_trials=len(trials))
+        timings = dict(i.timings, batched_trials=len(trials), batch_threads=threads)
         if isinstance(outcome, FitResult):
             outcome.seconds /= len(trials)
         batched.append(BatchedTrial(s, TrialInputs(i.data, i.teacher_logits, i.teacher_info, timings), student, outcome))
@@ -345,8 +489,13 @@ def train_trials(
 
 
 def finish(trial: BatchedTrial, output_dir: Path) -> float:
-    """What `trial.run_trial` does after training: metrics.json, and the best val accuracy to return."""
+    """What `trial.run_trial` does after training: metrics.json, and the best val accuracy to return.
+
+    Raises the trial's DivergenceError, or TrialPruned (after writing metrics.json) for a pruned trial.
+    """
     if not isinstance(trial.outcome, FitResult):
         raise trial.outcome
     finish_trial(trial.settings, trial.inputs, trial.student, trial.outcome, output_dir)
+    if trial.outcome.stopped_epoch is not None:
+        raise pruned(trial.settings, trial.outcome)
     return trial.outcome.best_val_acc

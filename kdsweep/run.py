@@ -20,10 +20,33 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.errors import KDSweepError
+from kdsweep.errors import KDSweepError, TrialPruned
+from kdsweep.pruning import TRIAL_ENV, PruningSettings, pruning_settings
 
 if TYPE_CHECKING:
     from kdsweep.trial import TrialSettings
+
+# The exit status of a single run whose trial was pruned (its metrics.json is written): not a
+# failure (1), not a finished run (0).
+EXIT_PRUNED = 3
+
+
+def pruning_from_hydra() -> PruningSettings | None:
+    """The job's Optuna trial and pruner (kdsweep.pruning), from the Hydra config of the job now running.
+
+    None (no pruning) when Hydra is not running, the sweeper has no `pruner` (or it is null), or the
+    job is no Optuna trial (no hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL).
+    """
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    sweeper = hydra_cfg.get("sweeper")
+    pruner = sweeper.get("pruner") if sweeper is not None and "pruner" in sweeper else None
+    report_every = sweeper.get("report_every") if sweeper is not None and "report_every" in sweeper else None
+    env_set = hydra_cfg.job.get("env_set") or {}
+    trial = env_set.get(TRIAL_ENV) if TRIAL_ENV in env_set else None
+    node = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
+    return pruning_settings(node, report_every, trial, dict(os.environ))
 
 
 def settings_from_config(cfg: DictConfig) -> TrialSettings:
@@ -55,6 +78,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
         cache_dir=Path(to_absolute_path(cfg.cache_dir)),
         baseline=bool(cfg.baseline),
         device=resolve_device(train.device),
+        pruning=pruning_from_hydra(),
     )
 
 
@@ -106,6 +130,11 @@ def main(cfg: DictConfig) -> float:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return run(cfg, output_dir)
+    except TrialPruned as e:
+        if hydra_cfg.mode == RunMode.RUN:  # a sweep's job: the exception tells the sweeper PRUNED
+            print(f"kdsweep: {e}", file=sys.stderr)
+            sys.exit(EXIT_PRUNED)
+        raise
     except KDSweepError as e:
         if hydra_cfg.mode == RunMode.RUN:
             _remove_unfinished_run_dir(output_dir)

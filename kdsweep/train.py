@@ -21,6 +21,9 @@ from kdsweep.metrics import accuracy, predict_logits
 # indices lets a loss look up per-example targets computed once, such as the teacher's soft labels.
 LossFn = Callable[[torch.Tensor, torch.Tensor], LossParts]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+# (epoch from 1, that epoch's val accuracy in [0, 1]) -> True to stop training after this epoch. Called
+# every `report_every` epochs; a pruner's report-and-ask (kdsweep.pruning) is one.
+ShouldStop = Callable[[int, float], bool]
 
 
 @dataclass
@@ -30,6 +33,7 @@ class FitResult:
     best_val_acc: float = -math.inf
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_epoch: int | None = None  # the epoch after which should_stop said stop; None: all epochs ran
 
     def record_epoch(
         self, epoch: int, loss: float, soft: float, hard: float, val_acc: float,
@@ -74,8 +78,14 @@ def fit(
     max_shift: int = 0,
     progress: bool = False,
     description: str = "train",
+    should_stop: ShouldStop | None = None,
+    report_every: int = 1,
 ) -> FitResult:
     """Train for `epochs`, measure val accuracy after each, and keep the best-val weights.
+
+    should_stop: called with (epoch, val accuracy) after every `report_every`-th epoch (the last one
+    too, when it falls on that period); when it returns True training ends there, with the result's
+    `stopped_epoch` set and its history and best state up to that epoch.
 
     Raises DivergenceError as soon as an epoch's mean loss is NaN or infinite: a diverged trial must
     fail loudly rather than hand NaN to the sweeper.
@@ -104,5 +114,8 @@ def fit(
         val_acc = accuracy(predict_logits(model, val.x), val.y)
         best.record_epoch(epoch, loss, soft, hard, val_acc,
                           lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if should_stop is not None and epoch % report_every == 0 and should_stop(epoch, val_acc):
+            best.stopped_epoch = epoch
+            break
     best.seconds = time.perf_counter() - start
     return best

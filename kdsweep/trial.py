@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,11 +24,15 @@ from torch import nn
 from kdsweep import cache
 from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
 from kdsweep.data import Dataset, load_data
+from kdsweep.errors import TrialPruned
 from kdsweep.losses import LossParts, ce_loss, kd_loss_from_log_probs, teacher_log_probs
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import count_parameters
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint
-from kdsweep.train import FitResult, LossFn, OptimizerFactory, fit
+from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
+
+if TYPE_CHECKING:
+    from kdsweep.pruning import PruningSettings
 
 log = logging.getLogger("kdsweep")
 
@@ -54,6 +58,7 @@ class TrialSettings:
     cache_dir: Path
     baseline: bool
     device: torch.device
+    pruning: PruningSettings | None = None  # the Optuna trial to report to; None: train every epoch
 
     @property
     def student_schedule(self) -> dict[str, Any]:
@@ -78,15 +83,19 @@ _BASELINES: dict[str, dict[str, float]] = {}
 def train_network(
     net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, loss_fn: LossFn | None = None, *,
     epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
-    description: str = "train",
+    description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
 ) -> FitResult:
-    """Train `net` on the training set with `loss_fn`; by default cross-entropy on the hard labels."""
+    """Train `net` on the training set with `loss_fn`; by default cross-entropy on the hard labels.
+
+    should_stop, report_every: as `train.fit`'s (the pruner's hook).
+    """
     labels = data.train.y
     optimizer = make_optimizer(net.parameters(), lr=lr, weight_decay=weight_decay)
     return fit(
         net, data.train.x, loss_fn or (lambda logits, idx: ce_loss(logits, labels[idx])), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
         max_shift=max_shift, progress=sys.stderr.isatty(), description=description,
+        should_stop=should_stop, report_every=report_every,
     )
 
 
@@ -152,8 +161,13 @@ def new_student(settings: TrialSettings, data: Dataset) -> nn.Module:
     return settings.make_student(input_shape=data.input_shape, num_classes=data.num_classes).to(settings.device)
 
 
-def fit_student(settings: TrialSettings, inputs: TrialInputs, student: nn.Module) -> FitResult:
-    """Train the student with the trial's loss: KD against the teacher's soft labels, or plain CE."""
+def fit_student(
+    settings: TrialSettings, inputs: TrialInputs, student: nn.Module, should_stop: ShouldStop | None = None
+) -> FitResult:
+    """Train the student with the trial's loss: KD against the teacher's soft labels, or plain CE.
+
+    should_stop: the pruner's hook, called every `settings.pruning.report_every` epochs.
+    """
     loss_fn: LossFn | None = None  # cross-entropy: the baseline student
     if inputs.teacher_logits is not None:
         loss, labels = settings.loss, inputs.data.train.y
@@ -162,8 +176,9 @@ def fit_student(settings: TrialSettings, inputs: TrialInputs, student: nn.Module
         def loss_fn(s: torch.Tensor, idx: torch.Tensor) -> LossParts:
             return kd_loss_from_log_probs(s, soft_targets[idx], labels[idx], loss.temperature, loss.alpha)
 
+    report_every = settings.pruning.report_every if settings.pruning is not None else 1
     return train_network(student, inputs.data, settings.make_optimizer, loss_fn, **settings.student_schedule,
-                         description="student")
+                         description="student", should_stop=should_stop, report_every=report_every)
 
 
 def get_baseline(settings: TrialSettings, data: Dataset) -> dict[str, float]:
@@ -202,6 +217,7 @@ def finish_trial(
         "best_val_acc": result.best_val_acc,
         "test_acc": accuracy(test_logits, data.test.y),
         "best_epoch": result.best_epoch,
+        "epoch_reached": result.history[-1]["epoch"] if result.history else 0,
         "teacher_val_acc": inputs.teacher_info.get("teacher_val_acc"),
         "teacher_test_acc": inputs.teacher_info.get("teacher_test_acc"),
         "agreement": agreement(test_logits, inputs.teacher_logits.test) if inputs.teacher_logits is not None else None,
@@ -232,6 +248,13 @@ def finish_trial(
             "lr": settings.train.lr,
             "device": str(settings.device),
         },
+        # "pruned": the pruner stopped it after results.epoch_reached epochs; its results are those of
+        # the best epoch up to then, and it raises TrialPruned after writing this file.
+        "status": "complete" if result.stopped_epoch is None else "pruned",
+        "pruning": None if settings.pruning is None else {
+            "pruner": settings.pruning.pruner_name, "report_every": settings.pruning.report_every,
+            "study_name": settings.pruning.study_name, "trial_number": settings.pruning.trial_number,
+        },
         "results": results,
         "history": result.history,
         "timings": timings,
@@ -239,7 +262,8 @@ def finish_trial(
     }
     cache.atomic_write(output_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), mode="w")
     gain = f", gain over the baseline {results['gain']:+.4f}" if "gain" in results else ""
-    log.info("val acc %.4f, test acc %.4f%s", results["best_val_acc"], results["test_acc"], gain)
+    stopped = f"pruned after epoch {result.stopped_epoch}: " if result.stopped_epoch is not None else ""
+    log.info("%sval acc %.4f, test acc %.4f%s", stopped, results["best_val_acc"], results["test_acc"], gain)
     return metrics
 
 
@@ -249,12 +273,35 @@ def _versions() -> dict[str, str]:
     return {name: version(name) for name in ("kdsweep", "torch", "hydra-core", "optuna")} | {"python": platform.python_version()}
 
 
+def pruned(settings: TrialSettings, result: FitResult) -> TrialPruned:
+    """The TrialPruned a trial raises once its report is written."""
+    p = settings.pruning
+    where = f"Optuna trial {p.trial_number} of study {p.study_name!r}" if p is not None else "the trial"
+    pruner = f" by {p.pruner_name}" if p is not None else ""
+    return TrialPruned(
+        f"{where} was pruned{pruner} after epoch {result.stopped_epoch} of {settings.train.epochs}, with a best "
+        f"val accuracy of {result.best_val_acc:.4f} so far; its metrics.json says \"status\": \"pruned\".",
+        epoch=result.stopped_epoch, best_val_acc=result.best_val_acc,
+    )
+
+
 def run_trial(settings: TrialSettings, output_dir: Path) -> float:
-    """One trial: teacher, student, evaluation, metrics.json. Returns the best val accuracy."""
+    """One trial: teacher, student, evaluation, metrics.json. Returns the best val accuracy.
+
+    With `settings.pruning`, the student reports its val accuracy to its Optuna trial; a pruned trial
+    writes its metrics.json (status "pruned") and raises TrialPruned.
+    """
     if settings.train.num_threads:
         torch.set_num_threads(settings.train.num_threads)
+    should_stop = None
+    if settings.pruning is not None:  # first: a study that cannot be reached fails before any training
+        from kdsweep.pruning import should_stop_for
+
+        should_stop = should_stop_for(settings.pruning)
     inputs = trial_inputs(settings)
     student = new_student(settings, inputs.data)
-    result = fit_student(settings, inputs, student)
+    result = fit_student(settings, inputs, student, should_stop)
     finish_trial(settings, inputs, student, result, output_dir)
+    if result.stopped_epoch is not None:
+        raise pruned(settings, result)
     return result.best_val_acc

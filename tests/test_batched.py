@@ -7,6 +7,7 @@ checks run the real CLI with `hydra/launcher=kdsweep_batched` against the basic 
 from __future__ import annotations
 
 import math
+import os
 
 import optuna
 import pytest
@@ -108,6 +109,14 @@ def assert_same_history(single, batch, temperature, alpha, steps_per_epoch, logi
         # Counts of the same val images: identical unless rounding flips a prediction, which a drift
         # of the size above does not do on these runs; any flip would be a 1/360 change, not rounding.
         assert b["val_acc"] == s["val_acc"]
+
+
+def assert_matches_single(settings, inputs, single, history):
+    """`history` (a batched trial's, perhaps stopped early) is the single run's, epoch by epoch."""
+    kd = settings.loss.name == "kd"
+    assert_same_history(single.history[: len(history)], history, settings.loss.temperature if kd else None,
+                        settings.loss.alpha if kd else 0.0, steps_per_epoch(settings),
+                        logit_size(settings, inputs, single.best_state))
 
 
 def assert_same_steps(single_steps, batched_steps, temperature, alpha, logit_size):
@@ -337,6 +346,7 @@ def assert_same_trials(single_dir, batch_dir):
         assert (config["loss"]["temperature"], config["seed"]) == (b["config"]["temperature"], b["config"]["seed"])
 
 
+@pytest.mark.slow
 def test_an_optuna_batch_of_three_is_three_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = ["hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=3"]
@@ -356,6 +366,7 @@ def test_an_optuna_batch_of_three_is_three_trials(tmp_path):
     assert results["best_value"] == max(m["results"]["best_val_acc"] for m in metrics)
 
 
+@pytest.mark.slow
 def test_a_grid_over_seeds_is_batched_with_each_trials_batch_order(tmp_path):
     grid = ["hydra/sweeper=basic", "seed=0,1", "loss.alpha=0.3,0.9"]
     single_dir, _ = sweep(tmp_path, "single", *grid)
@@ -366,22 +377,61 @@ def test_a_grid_over_seeds_is_batched_with_each_trials_batch_order(tmp_path):
     assert sorted(read_metrics(p)["config"]["seed"] for p in trial_folders(batch_dir)) == [0, 0, 1, 1]
 
 
-def test_a_batch_with_an_unbatchable_difference_runs_one_by_one(tmp_path):
+@pytest.mark.slow
+def test_a_grid_over_width_is_trained_as_one_batch_per_width(tmp_path):
+    grid = ["hydra/sweeper=basic", "model.student.width=8,16", "loss.alpha=0.3,0.9"]
+    single_dir, _ = sweep(tmp_path, "single", *grid)
+    batch_dir, log = sweep(tmp_path, "batch", *grid, "hydra/launcher=kdsweep_batched")
+    assert "one by one" not in log and "alone" not in log
+    # Jobs 0, 1 have width 8, jobs 2, 3 width 16 (the basic sweeper's order): one batch each.
+    assert log.count("training 2 trials as one batched model") == 2
+    assert "trained as one batched model (model.student.width=8)" in log
+    assert "trained as one batched model (model.student.width=16)" in log
+    assert_same_trials(single_dir, batch_dir)
+    metrics = [read_metrics(p) for p in trial_folders(batch_dir)]
+    assert [m["config"]["student_width"] for m in metrics] == [8, 8, 16, 16]
+    assert [m["timings"]["batched_trials"] for m in metrics] == [2, 2, 2, 2]
+
+
+@pytest.mark.slow
+def test_a_job_alone_in_its_group_runs_as_a_single_run(tmp_path):
     grid = ["hydra/sweeper=basic", "model.student.width=8,16"]
     single_dir, _ = sweep(tmp_path, "single", *grid)
     batch_dir, log = sweep(tmp_path, "batch", *grid, "hydra/launcher=kdsweep_batched")
-    assert "running the 2 jobs one by one: they differ in model.student.width" in log
+    assert "running job #0 alone: no other job of this batch has its model.student.width=8" in log
     assert "trials as one batched model" not in log
     assert_same_trials(single_dir, batch_dir)
     assert [read_metrics(p)["config"]["student_width"] for p in trial_folders(batch_dir)] == [8, 16]
+    assert all("batched_trials" not in read_metrics(p)["timings"] for p in trial_folders(batch_dir))
 
 
+@pytest.mark.slow
 def test_a_batch_with_a_bad_value_fails_as_with_the_basic_launcher(tmp_path):
     grid = ["hydra/sweeper=basic", "loss.temperature=2,-1"]
     procs = [run_cli(tmp_path, *TINY, f"hydra.sweep.dir={tmp_path / name}", *grid, *extra, multirun=True, check=False)
              for name, extra in (("single", []), ("batch", ["hydra/launcher=kdsweep_batched"]))]
-    assert "running the 2 jobs one by one: job #1 has a bad config (loss.temperature must be" in procs[1].stdout + procs[1].stderr
+    assert "running job #1 alone: it has a bad config (loss.temperature must be" in procs[1].stdout + procs[1].stderr
     for proc, name in zip(procs, ("single", "batch")):
         assert proc.returncode != 0
         assert "loss.temperature must be a number > 0" in proc.stderr
         assert read_metrics(tmp_path / name / "0")["config"]["temperature"] == 2.0
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+def test_a_batch_uses_no_more_threads_than_its_trials_would_nor_than_idle_cores():
+    assert 1 <= batched.idle_cores() <= batched.available_cores() <= (os.cpu_count() or 1)
+    assert batched.batch_threads(1, 1, idle=16) == 1
+    assert batched.batch_threads(3, None, idle=16) == 3  # train.num_threads=null counts as one thread a trial
+    assert batched.batch_threads(3, 2, idle=16) == 6
+    assert batched.batch_threads(64, 4, idle=2) == 2
+    assert batched.batch_threads(8, 1, idle=0) == 1
+
+
+def test_train_trials_leaves_torch_on_the_single_runs_threads(cache_dir):
+    all_settings = settings_for(cache_dir, trials=TRIALS[:2])
+    torch.set_num_threads(2)
+    results = batched.train_trials(all_settings, num_threads=2)
+    # The reports that follow (each trial's evaluation, the baseline student) run as single runs do.
+    assert torch.get_num_threads() == all_settings[0].train.num_threads == 1
+    assert [r.inputs.timings["batch_threads"] for r in results] == [2, 2]

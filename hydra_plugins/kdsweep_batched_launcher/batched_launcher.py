@@ -1,12 +1,14 @@
 """`hydra/launcher=kdsweep_batched`: the jobs of one sweep batch trained together, one folder each.
 
 The Optuna sweeper hands a launcher `hydra.sweeper.n_jobs` jobs at a time (the basic sweeper hands it
-the whole grid, or `max_batch_size` jobs). When their configs differ only in loss.temperature,
-loss.alpha and seed, this launcher trains them as one model (`kdsweep.batched`), then runs each job
+the whole grid, or `max_batch_size` jobs). This launcher groups them by the values of every key
+other than loss.temperature, loss.alpha and seed (a grid over model.student.width gives one group
+per width), trains each group of two or more as one model (`kdsweep.batched`), then runs each job
 through Hydra's `run_job`, as the basic launcher does, with a task that writes that trial's report: so
-every job gets its own folder, `.hydra/` configs, log, `metrics.json` and return value. Any other
-difference, or a student or optimizer that cannot be stacked, and the jobs run one by one exactly as
-with the basic launcher, after a log line saying why.
+every job gets its own folder, `.hydra/` configs, log, `metrics.json` and return value. A job alone
+in its group, a job with a bad config, and a group whose student or optimizer cannot be stacked run
+one by one exactly as with the basic launcher, after a log line saying why. The returns come back
+in the jobs' order, whatever order the groups trained in.
 """
 
 # No `from __future__ import annotations`: Hydra executes plugin modules outside sys.modules, where
@@ -38,9 +40,11 @@ class KDSweepBatchedLauncherConf:
     # faster for K stacked students, whose optimizer state outgrows the cache; the same update up to
     # rounding (within 1e-6 of one plain optimizer per trial). false: the plain optimizer, as a single run.
     fused_optimizer: bool = True
-    # torch CPU threads while a batch trains. null: one per core. K stacked students are work enough
-    # for every core, where one small student is not (hence train.num_threads: 1, which still applies
-    # to jobs that run one by one).
+    # torch CPU threads while a batch's stacked students train. null: as many as its K trials would
+    # use alone (K x train.num_threads), at most the cores that other processes leave idle (by the
+    # load average): on a busy 2-core machine a batch's steps took 7-36x as long on 2 threads as on 1.
+    # The teacher, the baseline student and jobs that run one by one use train.num_threads, as
+    # single runs do.
     num_threads: Optional[int] = None
 
 
@@ -61,6 +65,19 @@ def unbatchable_differences(task_configs: Sequence[DictConfig]) -> list[str]:
     flat = [_flatten(OmegaConf.to_container(c, resolve=True)) for c in task_configs]
     keys = sorted(set().union(*flat) - set(BATCHABLE_KEYS))
     return [k for k in keys if any(f.get(k, "<missing>") != flat[0].get(k, "<missing>") for f in flat[1:])]
+
+
+def batch_groups(task_configs: Sequence[DictConfig]) -> list[tuple[list[int], str]]:
+    """The configs' positions grouped by their values of the keys they differ in (other than
+    BATCHABLE_KEYS), groups in order of their first job; with each, those values as `key=value, ...`."""
+    differences = unbatchable_differences(task_configs)
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(task_configs):
+        flat = _flatten(OmegaConf.to_container(config, resolve=True))
+        # repr, not the values: lists (channels=[4,8]) are not hashable; equal values print alike.
+        key = ", ".join(f"{k}={flat.get(k, '<missing>')!r}" for k in differences)
+        groups.setdefault(key, []).append(i)
+    return [(members, key) for key, members in groups.items()]
 
 
 def _task_config(config: DictConfig) -> DictConfig:
@@ -94,6 +111,10 @@ class KDSweepBatchedLauncher(BasicLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if len(job_overrides) < 2:
             return super().launch(job_overrides, initial_job_idx)  # nothing to batch
+        if not _is_kdsweep_main(self.task_function):
+            log.info("kdsweep_batched: running the %d jobs one by one: the task is not kdsweep.run's main, whose "
+                     "trials this launcher knows how to batch", len(job_overrides))
+            return super().launch(job_overrides, initial_job_idx)
         configs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -101,57 +122,79 @@ class KDSweepBatchedLauncher(BasicLauncher):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
             configs.append(config)
-        trials, reason = self._train_together(configs)
-        if trials is None:
-            log.info("kdsweep_batched: running the %d jobs one by one: %s", len(job_overrides), reason)
-            return super().launch(job_overrides, initial_job_idx)
-        from kdsweep.batched import finish
-
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs locally, trained as one batched model")
-        runs = []
-        for idx, (overrides, config, trial) in enumerate(zip(job_overrides, configs, trials), start=initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        returns: dict[int, JobReturn] = {}
+        settings, bad = self._settings(configs)
+        for pos, reason in bad.items():
+            log.info("kdsweep_batched: running job #%d alone: it has a bad config (%s); it reports its own error",
+                     initial_job_idx + pos, reason)
+            (returns[pos],) = super().launch([job_overrides[pos]], initial_job_idx + pos)
+        good = [pos for pos in range(len(configs)) if pos not in bad]
+        groups = batch_groups([_task_config(configs[pos]) for pos in good])
+        for members, values in groups:
+            positions = [good[m] for m in members]
+            names = ", ".join(f"#{initial_job_idx + pos}" for pos in positions)
+            if len(positions) < 2:
+                why = f"no other job of this batch has its {values}" if values else "no other job of this batch can join it"
+                log.info("kdsweep_batched: running job %s alone: %s", names, why)
+                trials, reason = None, ""
+            else:
+                trials, reason = self._train_together([settings[pos] for pos in positions])
+                if trials is None:
+                    log.info("kdsweep_batched: running jobs %s one by one: %s", names, reason)
+            if trials is None:
+                for pos in positions:
+                    (returns[pos],) = super().launch([job_overrides[pos]], initial_job_idx + pos)
+                continue
+            returns.update(self._report(job_overrides, configs, positions, trials, initial_job_idx, values))
+        return [returns[pos] for pos in range(len(configs))]
 
-            def write_report(_cfg: DictConfig, trial: Any = trial) -> float:
-                # Raises the trial's own error (a diverged trial) for run_job to record as FAILED.
-                return finish(trial, Path(HydraConfig.get().runtime.output_dir))
-
-            runs.append(run_job(hydra_context=self.hydra_context, task_function=write_report, config=config,
-                                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return runs
-
-    def _train_together(self, configs: list[DictConfig]) -> tuple[list | None, str]:
-        """The trained batch, or None and why the jobs must run one by one."""
-        from kdsweep.batched import NotBatchable, train_trials
+    def _settings(self, configs: list[DictConfig]) -> tuple[dict[int, Any], dict[int, str]]:
+        """Each job's TrialSettings by position, and the positions whose config is bad, with why."""
         from kdsweep.errors import KDSweepError
         from kdsweep.run import settings_from_config
 
-        if not _is_kdsweep_main(self.task_function):
-            return None, "the task is not kdsweep.run's main, whose trials this launcher knows how to batch"
+        settings, bad = {}, {}
         hydra_config = HydraConfig.instance().cfg
         try:
-            task_configs = []
-            for config in configs:
-                HydraConfig.instance().set_config(config)  # ${hydra:...} resolves to this job's values
-                task_configs.append(_task_config(config))
-            differences = unbatchable_differences(task_configs)
-            if differences:
-                return None, (f"they differ in {', '.join(differences)}; only {', '.join(BATCHABLE_KEYS)} "
-                              "can differ within one batched model")
-            settings = []
-            for config, task_config in zip(configs, task_configs):
-                HydraConfig.instance().set_config(config)
+            for pos, config in enumerate(configs):
+                HydraConfig.instance().set_config(config)  # ${hydra:...} and the job's env_set are this job's
                 try:
-                    settings.append(settings_from_config(task_config))
+                    settings[pos] = settings_from_config(_task_config(config))
                 except KDSweepError as e:
-                    return None, f"job #{config.hydra.job.num} has a bad config ({e}); each job reports its own error"
+                    bad[pos] = str(e)
         finally:
             HydraConfig.instance().cfg = hydra_config
+        return settings, bad
+
+    def _train_together(self, settings: list[Any]) -> tuple[Optional[list], str]:
+        """The trained batch, or None and why its jobs must run one by one."""
+        from kdsweep.batched import NotBatchable, train_trials
+        from kdsweep.errors import KDSweepError
+
         try:
             return train_trials(settings, fused_optimizer=self.fused_optimizer, num_threads=self.num_threads), ""
         except NotBatchable as e:
             return None, str(e)
         except KDSweepError as e:  # e.g. unreadable data: each job then fails with it in its own folder
             return None, f"preparing the batch failed ({e}); each job reports its own error"
+
+    def _report(self, job_overrides: Sequence[Sequence[str]], configs: list[DictConfig], positions: list[int],
+                trials: list, initial_job_idx: int, values: str) -> dict[int, JobReturn]:
+        """Each trained job through run_job, with a task that writes its report."""
+        from kdsweep.batched import finish
+
+        group = f" ({values})" if values else ""
+        log.info(f"Launching {len(positions)} jobs locally, trained as one batched model{group}")
+        runs = {}
+        for pos, trial in zip(positions, trials):
+            log.info(f"\t#{initial_job_idx + pos} : {' '.join(filter_overrides(job_overrides[pos]))}")
+
+            def write_report(_cfg: DictConfig, trial: Any = trial) -> float:
+                # Raises the trial's own error (a diverged trial, a pruned one) for run_job to record.
+                return finish(trial, Path(HydraConfig.get().runtime.output_dir))
+
+            runs[pos] = run_job(hydra_context=self.hydra_context, task_function=write_report, config=configs[pos],
+                                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return runs

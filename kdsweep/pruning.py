@@ -1,0 +1,147 @@
+"""Optuna pruning for one trial: its val accuracy reported to its Optuna trial, and when to stop.
+
+The training loops know nothing of Optuna: they take a plain `should_stop(epoch, val_acc) -> bool`
+(`kdsweep.train.ShouldStop`). This module builds that callable for a job the sweeper asked Optuna
+for. The contract with the sweeper:
+
+- the sweeper's process environment (inherited by joblib and submitit workers) holds
+  `KDSWEEP_OPTUNA_STORAGE`, the study's storage URL (with its password, so it is never logged), and
+  `KDSWEEP_OPTUNA_STUDY`, the study's name;
+- each job gets the override `hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL=<trial number>`, which Hydra
+  sets in the job's environment and which the batched launcher reads from each job's config;
+- the job's composed `hydra.sweeper.pruner` is the pruner (a `_target_` naming any `optuna.pruners`
+  class, with its arguments; null: no pruning), and `hydra.sweeper.report_every` the number of
+  epochs between reports (default 1).
+
+`kdsweep.run.settings_from_config` reads these into a `PruningSettings`; `should_stop_for` loads the
+study with that pruner, and each call reports the epoch's val accuracy (`trial.report(val_acc,
+epoch)`) and asks `trial.should_prune()`. A pruned trial then raises `kdsweep.errors.TrialPruned`
+(see `kdsweep.trial`), for the sweeper to record it as PRUNED. Optuna is imported only here, and only
+when a trial is pruned-for: a single run never imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kdsweep.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from kdsweep.train import ShouldStop
+
+STORAGE_ENV = "KDSWEEP_OPTUNA_STORAGE"
+STUDY_ENV = "KDSWEEP_OPTUNA_STUDY"
+TRIAL_ENV = "KDSWEEP_OPTUNA_TRIAL"
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """Which Optuna trial a job reports to, with which pruner, how often."""
+
+    pruner: dict[str, Any]  # the hydra.sweeper.pruner node: `_target_` and the pruner's arguments
+    report_every: int  # epochs between reports (and pruning decisions)
+    trial_number: int
+    study_name: str
+    storage: str = field(repr=False)  # holds the password: kept out of logs and reprs
+
+    @property
+    def pruner_name(self) -> str:
+        return str(self.pruner.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def pruning_settings(
+    pruner: Any, report_every: Any, trial_number: Any, environ: dict[str, str]
+) -> PruningSettings | None:
+    """Checked settings from the job's config values and the sweeper's environment; None: no pruning.
+
+    pruner: the hydra.sweeper.pruner node as a plain dict, or None; report_every: hydra.sweeper.
+    report_every (None: 1); trial_number: hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL (None: this job is no
+    Optuna trial, e.g. a single run). Raises ConfigError naming the key for a value that cannot work.
+    """
+    if pruner is None or trial_number is None:
+        return None
+    if not isinstance(pruner, dict) or not isinstance(pruner.get("_target_"), str):
+        raise ConfigError(
+            f"hydra.sweeper.pruner must be null or a node with a _target_ naming an Optuna pruner class "
+            f"(e.g. optuna.pruners.MedianPruner), but got hydra.sweeper.pruner={pruner!r}."
+        )
+    report_every = 1 if report_every is None else report_every
+    if not (isinstance(report_every, int) and not isinstance(report_every, bool) and report_every >= 1):
+        raise ConfigError(f"hydra.sweeper.report_every must be an integer >= 1 (epochs between reports to the "
+                          f"pruner), but got hydra.sweeper.report_every={report_every!r}.")
+    try:
+        number = int(trial_number)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ConfigError(f"hydra.job.env_set.{TRIAL_ENV} must be an Optuna trial number (an integer >= 0), "
+                          f"but got hydra.job.env_set.{TRIAL_ENV}={trial_number!r}.")
+    missing = [name for name in (STORAGE_ENV, STUDY_ENV) if not environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"hydra.job.env_set.{TRIAL_ENV}={number} asks this job to report to Optuna trial {number}, but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set in the environment: the "
+            f"sweeper sets {STORAGE_ENV} (the storage URL) and {STUDY_ENV} (the study name) for its jobs."
+        )
+    return PruningSettings(dict(pruner), report_every, number, environ[STUDY_ENV], environ[STORAGE_ENV])
+
+
+def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner a hydra.sweeper.pruner node describes; ConfigError if it is not an Optuna pruner."""
+    import optuna
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    target = node.get("_target_")
+    try:
+        pruner = instantiate(node)
+    except InstantiationException as e:
+        why = " ".join(str(e).split())  # Hydra's message spans lines: one paragraph
+        raise ConfigError(f"hydra.sweeper.pruner cannot be built (hydra.sweeper.pruner._target_={target}): "
+                          f"{why}. Its arguments are those of the class's constructor.") from None
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise ConfigError(f"hydra.sweeper.pruner._target_ must name an Optuna pruner class (a subclass of "
+                          f"optuna.pruners.BasePruner, e.g. optuna.pruners.MedianPruner), but got "
+                          f"hydra.sweeper.pruner._target_={target}, which builds a {type(pruner).__name__}.")
+    return pruner
+
+
+def load_trial(settings: PruningSettings) -> optuna.trial.Trial:
+    """The running Optuna trial `settings` names, in a study loaded with the configured pruner.
+
+    Public Optuna API only (present in Optuna 2.10 and 5): the storage object, whose
+    `get_study_id_from_name` and `get_trial_id_from_study_id_trial_number` map the study's name and the
+    trial's number to the ids that `optuna.trial.Trial(study, trial_id)` takes. A study or trial that is
+    not in the storage raises ConfigError.
+    """
+    import optuna
+
+    pruner = make_pruner(settings.pruner)
+    storage = optuna.storages.RDBStorage(settings.storage)
+    try:
+        study_id = storage.get_study_id_from_name(settings.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, settings.trial_number)
+    except KeyError:
+        raise ConfigError(
+            f"{STUDY_ENV}={settings.study_name!r} with hydra.job.env_set.{TRIAL_ENV}={settings.trial_number}: "
+            f"the storage in {STORAGE_ENV} holds no such study or no such trial in it."
+        ) from None
+    # The sampler is never asked: the sweeper sampled this trial's parameters. A random one costs
+    # nothing to build, where the default TPE would look at every finished trial.
+    study = optuna.load_study(study_name=settings.study_name, storage=storage, pruner=pruner,
+                              sampler=optuna.samplers.RandomSampler())
+    return optuna.trial.Trial(study, trial_id)
+
+
+def should_stop_for(settings: PruningSettings) -> ShouldStop:
+    """`should_stop(epoch, val_acc)`: report val_acc at step `epoch` to the trial; True if it is pruned."""
+    trial = load_trial(settings)
+
+    def should_stop(epoch: int, val_acc: float) -> bool:
+        trial.report(val_acc, epoch)
+        return trial.should_prune()
+
+    return should_stop
