@@ -437,10 +437,13 @@ def train_trials(
     as in a single run: one small network on every core of a busy machine is many times slower.
     Trials with `pruning` report to their Optuna trials (`kdsweep.pruning`), each stopping alone.
 
-    Raises NotBatchable (before any training) when the student or optimizer cannot be stacked, or
-    the trials report to their pruners at different periods.
+    Raises NotBatchable (before any training) when the student or optimizer cannot be stacked, the
+    trials report to their pruners at different periods, or they set train.labels.
     """
     first = trials[0]
+    if any(s.train.labels is not None for s in trials):  # their transfer sets and masked loss are not written out here
+        raise NotBatchable("the trials set train.labels (few labels, kdsweep.labels), which the batched loop does "
+                           "not implement")
     if first.train.num_threads:
         torch.set_num_threads(first.train.num_threads)
     periods = {s.pruning.report_every for s in trials if s.pruning is not None}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from kdsweep.errors import ConfigError
+from kdsweep.labels import check_labels
 
 LOSSES = ("ce", "kd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -57,12 +58,15 @@ class TrainSettings:
     weight_decay: float
     device: str
     num_threads: int | None
+    labels: int | float | None = None  # None: every example labelled (kdsweep.labels)
+    transfer_set: str = "labelled"
 
     def checked(self) -> TrainSettings:
         _check_schedule("train", self.epochs, self.batch_size, self.lr, self.weight_decay)
         _require(self.device in DEVICES, "train.device", self.device, f"one of {sorted(DEVICES)}")
         _require(self.num_threads is None or (_is_int(self.num_threads) and self.num_threads >= 1),
                  "train.num_threads", self.num_threads, "an integer >= 1, or null for torch's default")
+        check_labels(self.labels, self.transfer_set)
         return self
 
 

@@ -25,6 +25,8 @@ from kdsweep import cache
 from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
 from kdsweep.data import Dataset, load_data
 from kdsweep.errors import TrialPruned
+from kdsweep.labels import (indices_digest, labelled_count, labelled_data, labelled_indices, labelled_mask,
+                            partly_labelled_kd_loss)
 from kdsweep.losses import LossParts, ce_loss, kd_loss_from_log_probs, teacher_log_probs
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import count_parameters
@@ -72,6 +74,9 @@ class TrialInputs:
     teacher_logits: TeacherLogits | None  # None for the cross-entropy baseline, which has no teacher
     teacher_info: dict[str, Any]
     timings: dict[str, Any]
+    # Indices into data.train of the examples whose labels the student gets (train.labels); None: all.
+    # data itself stays whole: the teacher learns from all of it (kdsweep.labels).
+    labelled: torch.Tensor | None = None
 
 
 # Computed teacher logits, per teacher spec: every trial of an in-process sweep reuses them.
@@ -149,16 +154,37 @@ def trial_inputs(settings: TrialSettings) -> TrialInputs:
     start = time.perf_counter()
     data = load_data(**settings.data).to(settings.device)
     timings: dict[str, Any] = {"data_seconds": time.perf_counter() - start}
+    # Checked before the teacher trains: a bad train.labels costs nothing.
+    count = labelled_count(settings.train.labels, len(data.train), settings.data["name"])
+    labelled = None if count is None else labelled_indices(data.train.y, count, settings.data.get("split_seed", 0))
     if settings.loss.name != "kd":
-        return TrialInputs(data, None, {}, timings)
+        return TrialInputs(data, None, {}, timings, labelled)
     logits, info = get_teacher_logits(settings, data)
     timings.update(teacher_seconds=info["teacher_seconds"], teacher_source=info["teacher_source"])
-    return TrialInputs(data, logits, info, timings)
+    return TrialInputs(data, logits, info, timings, labelled)
 
 
 def new_student(settings: TrialSettings, data: Dataset) -> nn.Module:
     torch.manual_seed(settings.seed)  # same seed, same initial weights: KD and baseline runs are paired
     return settings.make_student(input_shape=data.input_shape, num_classes=data.num_classes).to(settings.device)
+
+
+def student_view(
+    settings: TrialSettings, inputs: TrialInputs
+) -> tuple[Dataset, TeacherLogits | None, torch.Tensor | None]:
+    """What the student learns from: (data whose train split is its transfer set, the teacher's logits
+    on it, a bool mask over that split of the examples with a hard label, None when all have one).
+
+    With train.labels set (kdsweep.labels): transfer_set=labelled, or no teacher (the cross-entropy
+    student), keeps the labelled examples alone; transfer_set=all keeps every input and masks the labels.
+    """
+    data, teacher, labelled = inputs.data, inputs.teacher_logits, inputs.labelled
+    if labelled is None:
+        return data, teacher, None
+    if settings.train.transfer_set == "all" and teacher is not None:
+        return data, teacher, labelled_mask(len(data.train), labelled)
+    teacher = None if teacher is None else TeacherLogits(teacher.train[labelled], teacher.val, teacher.test)
+    return labelled_data(data, labelled), teacher, None
 
 
 def fit_student(
@@ -168,23 +194,33 @@ def fit_student(
 
     should_stop: the pruner's hook, called every `settings.pruning.report_every` epochs.
     """
+    data, teacher, mask = student_view(settings, inputs)
     loss_fn: LossFn | None = None  # cross-entropy: the baseline student
-    if inputs.teacher_logits is not None:
-        loss, labels = settings.loss, inputs.data.train.y
-        soft_targets = teacher_log_probs(inputs.teacher_logits.train, loss.temperature)
+    if teacher is not None:
+        loss, labels = settings.loss, data.train.y
+        soft_targets = teacher_log_probs(teacher.train, loss.temperature)
 
         def loss_fn(s: torch.Tensor, idx: torch.Tensor) -> LossParts:
+            if mask is not None:
+                return partly_labelled_kd_loss(s, soft_targets[idx], labels[idx], mask[idx], loss.temperature, loss.alpha)
             return kd_loss_from_log_probs(s, soft_targets[idx], labels[idx], loss.temperature, loss.alpha)
 
     report_every = settings.pruning.report_every if settings.pruning is not None else 1
-    return train_network(student, inputs.data, settings.make_optimizer, loss_fn, **settings.student_schedule,
+    return train_network(student, data, settings.make_optimizer, loss_fn, **settings.student_schedule,
                          description="student", should_stop=should_stop, report_every=report_every)
 
 
-def get_baseline(settings: TrialSettings, data: Dataset) -> dict[str, float]:
-    """The cross-entropy student's val and test accuracy, trained once per spec and cached."""
+def get_baseline(settings: TrialSettings, data: Dataset, labelled: torch.Tensor | None = None) -> dict[str, float]:
+    """The cross-entropy student's val and test accuracy, trained once per spec and cached.
+
+    labelled: indices into data.train of the labelled examples (train.labels): the baseline learns
+    from those alone, whatever the distilled student's transfer set; None: from all of data.train.
+    """
     spec = {"data": settings.data, "arch": settings.student_arch, "train": settings.student_schedule,
             "optimizer": settings.optimizer}
+    if labelled is not None:  # only then: the specs (and cached baselines) of fully labelled runs stay as they were
+        spec["labelled"] = {"count": len(labelled), "indices": indices_digest(labelled)}
+        data = labelled_data(data, labelled)
 
     def build() -> dict[str, Any]:
         log.info("training the baseline student (cross-entropy); it is cached for later trials")
@@ -225,7 +261,7 @@ def finish_trial(
     timings["eval_seconds"] = time.perf_counter() - start
     if settings.baseline and settings.loss.name == "kd":
         start = time.perf_counter()
-        results.update(get_baseline(settings, data))
+        results.update(get_baseline(settings, data, inputs.labelled))
         results["gain"] = results["test_acc"] - results["baseline_test_acc"]
         timings["baseline_seconds"] = time.perf_counter() - start
     loss, arch = settings.loss, settings.student_arch
@@ -235,7 +271,11 @@ def finish_trial(
             "temperature": loss.temperature,
             "alpha": loss.alpha,
             "data": settings.data["name"],
-            "train_size": len(data.train),
+            # the student's transfer set; with train.labels, `labels` of its examples have a hard label
+            "train_size": len(student_view(settings, inputs)[0].train),
+            "labels": None if inputs.labelled is None else len(inputs.labelled),
+            "transfer_set": None if inputs.labelled is None else settings.train.transfer_set,
+            "teacher_train_size": len(data.train) if inputs.teacher_logits is not None else None,
             "student_arch": arch["_target_"].rsplit(".", 1)[-1],
             "student_width": arch.get("width"),
             "student_depth": arch.get("depth"),

@@ -71,3 +71,14 @@ def test_the_baseline_companion_runs_the_same_students_with_cross_entropy():
     cfg = hydra_config("+study=student_size_ce")
     assert cfg.hydra.sweeper._target_ == BASIC and cfg.loss.name == "ce" and cfg.loss.temperature is None
     assert grid(cfg) == {k: students[k] for k in ("model.student.width", "seed")}
+
+
+def test_the_few_labels_study_varies_labels_and_transfer_set_for_a_32_wide_student():
+    cfg = hydra_config("+study=few_labels")
+    assert cfg.hydra.sweeper._target_ == BASIC and cfg.model.student.width == 32 and cfg.loss.name == "kd"
+    params = grid(cfg)
+    assert params["train.labels"] == ["50", "100"] and params["train.transfer_set"] == ["labelled", "all"]
+    assert params["loss.temperature"] == ["1", "2", "4", "8"] and params["loss.alpha"] == ["0.5", "0.9"]
+    assert len(params["seed"]) == 3
+    assert len(list(itertools.product(*params.values()))) == 96  # the preset's comment
+    assert cfg.train.labels is None  # a default run has every label; the preset sets them per job

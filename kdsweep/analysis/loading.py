@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # optuna is imported only when a study is read
 
 # What makes two students comparable: the same data, architecture and size, trained the same way.
 SIZE = ["data", "student_arch", "student_width", "student_depth", "student_params"]
-SETTINGS = ["train_size", "epochs", "batch_size", "lr"]
+# labels, transfer_set: how many training examples had a hard label and what the student learnt from
+# (train.labels, kdsweep.labels); missing (NaN) where every example had its label.
+SETTINGS = ["train_size", "labels", "transfer_set", "epochs", "batch_size", "lr"]
 STUDENT = SIZE + SETTINGS
 # A metrics.json is complete when it holds at least these (a crashed or running trial has no file).
 REQUIRED = {"config": ("loss", "data", "seed"), "results": ("best_val_acc", "test_acc"), "timings": ()}

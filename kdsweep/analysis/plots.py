@@ -227,6 +227,32 @@ def plot_gain_vs_size(sizes: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_gain_vs_labels(table: pd.DataFrame) -> Figure:
+    """The gain (distilled - baseline, paired by seed) with its 95 % paired t interval against the number
+    of labelled training examples, one line per transfer set (`tables.gain_vs_labels`'s table); all
+    labelled (labels NaN) is drawn at the training set's size."""
+    fig, (gain,) = _figure(1, width=6.5, height=4.6)
+    x_all = table["train_size"].max()
+    for i, (form, s) in enumerate(table.groupby("transfer_set", dropna=False, sort=True)):
+        s = s.assign(x=s["labels"].fillna(x_all)).sort_values("x")
+        name = "every example labelled" if form != form else f"transfer set: {form}"
+        gain.plot(s["x"], 100 * s["gain"], color=f"C{i}", linewidth=1, label=name)
+        for _, r in s.iterrows():
+            _point(gain, r["x"], 100 * r["gain"], 100 * r["gain_low"], 100 * r["gain_high"], int(r["n_seeds"]),
+                   VERDICT_COLOURS[r["verdict"]])
+    ticks = sorted(table["labels"].fillna(x_all).unique())
+    gain.set_xscale("log")
+    gain.set_xticks(ticks, [f"{int(t):,}" for t in ticks])
+    gain.xaxis.set_minor_formatter("")
+    gain.axhline(0, color="grey", linewidth=1, label="baseline (gain 0)")
+    n_test = table["n_test"].dropna().max() if table["n_test"].notna().any() else None
+    gain.set(xlabel="labelled training examples", ylabel="gain in test accuracy (points)", title=_title(
+        "gain over cross-entropy on the labelled examples: mean and 95 % paired t interval",
+        evidence(int(table["n_seeds"].max()), n_test)))
+    gain.legend(fontsize="small")
+    return fig
+
+
 def plot_importances(table: pd.DataFrame) -> Figure:
     """Optuna's parameter importances (fANOVA or its stand-in, and PED-ANOVA where present) as
     horizontal bars, one panel per student when the table holds several."""

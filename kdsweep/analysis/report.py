@@ -61,6 +61,14 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
         report.figures["gain_vs_student_size"] = plots.plot_gain_vs_size(sizes)
     except tables.NothingToCompare as e:  # no baselines, or a single student size: the rest stands
         report.notes.append(str(e))
+    labels = None
+    if "labels" in trials and trials["labels"].notna().any():  # a few-labels study (train.labels)
+        try:
+            labels = tables.gain_vs_labels(trials)
+            report.tables["gain_vs_labels"] = labels
+            report.figures["gain_vs_labels"] = plots.plot_gain_vs_labels(labels)
+        except tables.NothingToCompare as e:
+            report.notes.append(str(e))
     try:
         ranked = (importance.parameter_importances(study) if study is not None
                   else importance.importances_by_student(trials, t_alpha.by))
@@ -69,6 +77,8 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     except tables.NothingToCompare as e:
         report.notes.append(f"no parameter importances: {e}")
     report.summary = summarize(trials, source, t_alpha, sizes, report.tables.get("parameter_importance"))
+    if labels is not None:
+        report.summary += labels_summary(labels)
     return report
 
 
@@ -110,6 +120,22 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             lines.append(f"{name}{'w' if name else 'W'}hich parameter matters for val accuracy ({importance.METHODS[method]} over "
                          f"{int(group['n_trials'].iloc[0])} trials, shares): {shares}. With few trials this is an "
                          "ordering, not a measurement.")
+    return lines
+
+
+def labels_summary(table: pd.DataFrame) -> list[str]:
+    """One sentence per row of `tables.gain_vs_labels`: the gain at that number of labels and transfer set."""
+    lines = []
+    for _, r in table.iterrows():
+        if r["labels"] != r["labels"]:
+            who = f"With every one of the {int(r['train_size'])} training examples labelled"
+        else:
+            sees = ("the labelled examples alone" if r["transfer_set"] == "labelled"
+                    else f"all {int(r['train_size'])} training inputs with the teacher's soft targets")
+            who = f"With {int(r['labels'])} labelled examples, the student learning from {sees}"
+        ci = Interval(r["gain"], r["gain_low"], r["gain_high"], int(r["n_seeds"]), r["gain_std"])
+        lines.append(f"{who} (baseline {r['baseline_test_acc']:.4f} test, distilled {r['distilled_test_acc']:.4f} at "
+                     f"{r['distilled_with']}): {describe(ci, _n(r['n_test']))}.")
     return lines
 
 

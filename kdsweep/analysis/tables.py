@@ -229,6 +229,26 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gain_vs_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Where distillation pays as labels get scarce: per number of labelled training examples
+    (`labels`, train.labels) and transfer set (`transfer_set`: `labelled`, the student learns from the
+    labelled examples alone; `all`, from every training input with hard labels on the labelled ones),
+    `student_size_study`'s row: the baseline (cross-entropy on the labelled examples alone), the
+    distilled student at its (T, alpha) chosen by val, and the gain paired by seed with its 95 % paired
+    t interval and verdict. Rows where every example was labelled (`labels` NaN) come last.
+
+    Raises NothingToCompare when no trial set train.labels, or none has a paired baseline.
+    """
+    if "labels" not in df or df["labels"].isna().all():
+        raise NothingToCompare("no trial sets train.labels: every student had every label, so there is no gain "
+                               "against the number of labels to show")
+    study = student_size_study(df)
+    first = ["labels", "transfer_set", "n_seeds", "n_test", "baseline_test_acc", "distilled_test_acc", "gain", "gain_low",
+             "gain_high", "gain_std", "verdict", "distilled_with", "n_tied", "baseline_val_acc", "distilled_val_acc", "teacher_test_acc"]
+    rest = [c for c in keys_in(study, STUDENT) if c not in first]
+    return study.sort_values(["transfer_set", "labels"], na_position="last")[[*first, *rest]].reset_index(drop=True)
+
+
 def compare_student_vs_baseline(df: pd.DataFrame) -> pd.DataFrame:
     """The tutorial's comparison, per student: teacher, distilled student, baseline, improvement with
     its 95 % interval."""
