@@ -305,6 +305,11 @@ def test_a_diverging_trial_fails_alone(cache_dir, fused):
         assert_same_history(single.history, outcomes[i].history, s.loss.temperature, s.loss.alpha, steps_per_epoch(s), size)
 
 
+def test_trials_with_few_labels_are_not_batched(cache_dir):
+    with pytest.raises(batched.NotBatchable, match="train.labels"):
+        batched.train_trials(settings_for(cache_dir, extra=["train.labels=20"]))
+
+
 def test_what_cannot_be_stacked_is_named():
     mlp = MLP((1, 8, 8), 10)
     assert batched.why_not_batchable(mlp, torch.optim.Adam) is None

@@ -3,17 +3,21 @@ transfer sets through the real CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-from conftest import read_metrics, run_cli
+from conftest import CONF, TINY, read_metrics, run_cli
+from kdsweep import trial
 from kdsweep.config import TrainSettings
 from kdsweep.data import load_data
 from kdsweep.errors import ConfigError
 from kdsweep.labels import check_labels, indices_digest, labelled_count, labelled_indices, partly_labelled_kd_loss
 from kdsweep.losses import kd_loss, teacher_log_probs
+from kdsweep.run import settings_from_config
 from test_sweep import trial_folders
 
 # float32 against float64 by hand: a handful of operations on values of size ~1, each rounding by
@@ -115,6 +119,27 @@ def test_with_every_row_labelled_it_is_the_kd_loss():
     parts = partly_labelled_kd_loss(s, teacher_log_probs(t, 4.0), y, torch.ones(8, dtype=torch.bool), 4.0, 0.3)
     for a, b in ((parts.total, full.total), (parts.soft, full.soft), (parts.hard, full.hard)):
         assert a.item() == pytest.approx(b.item(), rel=HAND_TOL)  # the same float32 ops, summed in another order
+
+
+# ------------------------------------------------------------------------------------------ a trial
+
+def test_the_student_and_its_baseline_learn_from_the_labelled_examples_and_the_teacher_from_all(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        settings = settings_from_config(compose("config", [*TINY, f"cache_dir={tmp_path}", "train.labels=20"]))
+    inputs = trial.trial_inputs(settings)
+    expected = labelled_indices(inputs.data.train.y, 20, seed=0)  # data.split_seed=0
+    assert len(inputs.data.train) == len(inputs.teacher_logits.train) == 1079  # the teacher's: all of it
+    assert torch.equal(inputs.labelled, expected)
+    data, teacher, mask = trial.student_view(settings, inputs)  # transfer_set=labelled, the default
+    assert mask is None and torch.equal(data.train.x, inputs.data.train.x[expected])
+    assert torch.equal(teacher.train, inputs.teacher_logits.train[expected])
+    every = dataclasses.replace(settings, train=dataclasses.replace(settings.train, transfer_set="all"))
+    data, teacher, mask = trial.student_view(every, inputs)
+    assert len(data.train) == 1079 and torch.equal(torch.nonzero(mask).squeeze(1), expected)
+    # The baseline: its cache entry is keyed by exactly these labelled examples.
+    trial.get_baseline(settings, inputs.data, inputs.labelled)
+    (entry,) = (tmp_path / "baseline").glob("*.pt")
+    assert torch.load(entry, weights_only=True)["spec"]["labelled"] == {"count": 20, "indices": indices_digest(expected)}
 
 
 # ------------------------------------------------------------------------------------------ the CLI
