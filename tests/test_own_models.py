@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import read_metrics, run_cli
+from conftest import REPO, read_metrics, run_cli
 from kdsweep.data import load_data
 from kdsweep.models import SmallCNN
 from kdsweep.teacher import save_teacher_logits
@@ -128,8 +130,13 @@ def test_token_ids_reach_a_user_student_that_embeds_them_with_teacher_logits_fro
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "tokens.yaml").write_text(
         "teacher:\n  net: null\nstudent:\n  _target_: mymodels.TokenStudent\n  vocab_size: 32\n  dim: 8\n")
-    run_cli(tmp_path, *TINY, f"--config-dir={tmp_path / 'conf'}", "model=tokens", "data=arrays", "data.path=tok.npz",
-            "teacher.logits=teacher.npz", "data.allow_overlap=true")
+    # --config-dir goes before the overrides, as `kdsweep --config-dir=conf model=tokens ...` would.
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdsweep.run", f"--config-dir={tmp_path / 'conf'}", "train.epochs=2", "model=tokens", "data=arrays",
+         "data.path=tok.npz", "teacher.logits=teacher.npz", "data.allow_overlap=true", f"cache_dir={tmp_path / 'cache'}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
     metrics = read_metrics(tmp_path / "run")
     assert metrics["timings"]["teacher_source"] == "logits" and metrics["config"]["teacher_params"] is None
     assert metrics["config"]["student_arch"] == "TokenStudent"
@@ -159,7 +166,7 @@ def test_a_user_config_folder_adds_a_data_set_a_model_pair_and_a_study(tmp_path)
     (conf / "data" / "mine.yaml").write_text(
         "defaults:\n  - arrays\n  - _self_\nname: mine\npath: feat.npz\nteacher_epochs: 2\nstudent_epochs: 2\n")
     (conf / "model" / "pair.yaml").write_text(
-        "defaults:\n  - /model/teacher/net: mlp_tutorial\n  - _self_\n"
+        "defaults:\n  - teacher/net: mlp_tutorial\n  - _self_\n"
         "teacher:\n  epochs: ${data.teacher_epochs}\n  batch_size: 32\n  lr: 1e-3\n  weight_decay: 0.0\n"
         "  max_shift: 0\n  seed: 0\nstudent:\n  _target_: kdsweep.models.MLP\n  width: 4\n")
     (conf / "study" / "two_alphas.yaml").write_text(
