@@ -33,13 +33,15 @@ def kd_loss_from_log_probs(
     temperature: float,
     alpha: float,
 ) -> LossParts:
-    """`kd_loss` with the teacher's softened log-probabilities already computed."""
+    """`kd_loss` with the teacher's softened log-probabilities already computed by `teacher_log_probs`.
+
+    They must be finite: `teacher_log_probs` gives a class of teacher probability 0 the most negative
+    finite float, where a raw -inf would make the KL NaN.
+    """
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    # sum p (log p - log q), batch mean, written out instead of F.kl_div so that a class of teacher
-    # probability 0 (log p = -inf) adds 0: kl_div computes exp(-inf) * (-inf - log q) = NaN for it.
-    p = teacher_log_probs.exp()
-    log_p = torch.where(p > 0, teacher_log_probs, torch.zeros_like(teacher_log_probs))
-    kl = (p * (log_p - student_log_probs)).sum(dim=-1).mean()
+    # kl_div computes exp(log p) * (log p - log q): NaN for log p = -inf, hence the finite floor that
+    # `teacher_log_probs` puts on a ruled-out class (0 * finite = 0).
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
     # T^2 keeps the soft term's gradients on the same scale as the hard term's for every T.
     soft = temperature**2 * kl
     hard = F.cross_entropy(student_logits, targets)
