@@ -118,9 +118,8 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
         return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
     start = time.perf_counter()
     torch.manual_seed(t.seed)  # the teacher's initial weights, whether it is trained or loaded
-    net = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes)
-    check_outputs(net, "model.teacher.net", data.train.x[:2], data.num_classes)
-    net = net.to(settings.device)
+    net = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes).to(settings.device)
+    check_outputs(net, "model.teacher.net", data.train.x[:2], data.num_classes)  # data are on the device too
     if t.max_shift and not (data.train.x.ndim == 4 and data.train.x.is_floating_point()):
         raise ConfigError(f"model.teacher.max_shift={t.max_shift} shifts images, but the data's inputs have shape "
                           f"{data.input_shape} and dtype {data.train.x.dtype}, not float images (C, H, W); set "
