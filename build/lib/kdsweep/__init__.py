@@ -1,0 +1,1 @@
+"""kdsweep: Hydra + Optuna hyperparameter sweeps for knowledge distillation in PyTorch."""

@@ -1,0 +1,101 @@
+"""Typed settings that cross from the config into code, each checked with a message naming its key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdsweep.errors import ConfigError
+
+LOSSES = ("ce", "kd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, but got {key}={value!r}.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    name: str
+    temperature: float | None
+    alpha: float | None
+
+    def checked(self) -> LossSettings:
+        _require(self.name in LOSSES, "loss.name", self.name, f"one of {sorted(LOSSES)}")
+        if self.name == "ce":
+            return self
+        _require(_is_number(self.temperature) and self.temperature > 0, "loss.temperature",
+                 self.temperature, "a number > 0 (T=1 leaves the teacher's softmax as it is)")
+        _require(_is_number(self.alpha) and 0 <= self.alpha <= 1, "loss.alpha", self.alpha,
+                 "a number in [0, 1] (the weight of the soft term)")
+        return LossSettings(self.name, float(self.temperature), float(self.alpha))
+
+
+def _check_schedule(prefix: str, epochs: object, batch_size: object, lr: object, weight_decay: object) -> None:
+    _require(_is_int(epochs) and epochs >= 1, f"{prefix}.epochs", epochs, "an integer >= 1")
+    _require(_is_int(batch_size) and batch_size >= 1, f"{prefix}.batch_size", batch_size, "an integer >= 1")
+    _require(_is_number(lr) and lr > 0, f"{prefix}.lr", lr, "a number > 0")
+    _require(_is_number(weight_decay) and weight_decay >= 0, f"{prefix}.weight_decay", weight_decay, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    device: str
+    num_threads: int | None
+
+    def checked(self) -> TrainSettings:
+        _check_schedule("train", self.epochs, self.batch_size, self.lr, self.weight_decay)
+        _require(self.device in DEVICES, "train.device", self.device, f"one of {sorted(DEVICES)}")
+        _require(self.num_threads is None or (_is_int(self.num_threads) and self.num_threads >= 1),
+                 "train.num_threads", self.num_threads, "an integer >= 1, or null for torch's default")
+        return self
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_shift: int
+    seed: int
+    checkpoint: str | None = None
+    logits: str | None = None  # a file of the teacher's logits: no teacher network at all
+
+    def checked(self) -> TeacherSettings:
+        for key, value in (("teacher.checkpoint", self.checkpoint), ("teacher.logits", self.logits)):
+            _require(value is None or (isinstance(value, str) and value != ""), key, value, "a file path, or null")
+        if self.checkpoint and self.logits:
+            raise ConfigError(
+                f"teacher.checkpoint={self.checkpoint} and teacher.logits={self.logits} are both set; a teacher "
+                "is either a network (its state dict) or only its logits: set one of them to null.")
+        if self.logits:
+            return self  # nothing is trained or built: the teacher's schedule does not apply
+        _check_schedule("model.teacher", self.epochs, self.batch_size, self.lr, self.weight_decay)
+        _require(_is_int(self.max_shift) and self.max_shift >= 0, "model.teacher.max_shift",
+                 self.max_shift, "an integer >= 0 (pixels)")
+        _require(_is_int(self.seed), "model.teacher.seed", self.seed, "an integer")
+        return self
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but torch sees no CUDA device; use train.device=auto or cpu.")
+    return torch.device(name)

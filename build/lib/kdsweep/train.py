@@ -1,0 +1,108 @@
+"""The training loop: minibatches by permuting indices over in-memory tensors, best-val state kept."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdsweep.data import Split
+from kdsweep.errors import DivergenceError
+from kdsweep.losses import LossParts
+from kdsweep.metrics import accuracy, predict_logits
+
+# (student logits of a batch, the batch's indices into the training set) -> loss parts. Taking the
+# indices lets a loss look up per-example targets computed once, such as the teacher's soft labels.
+LossFn = Callable[[torch.Tensor, torch.Tensor], LossParts]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_epoch: int = 0
+    best_val_acc: float = -math.inf
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def record_epoch(
+        self, epoch: int, loss: float, soft: float, hard: float, val_acc: float,
+        current_state: Callable[[], dict[str, torch.Tensor]],
+    ) -> None:
+        """Add an epoch to the history, and keep `current_state()` if its val accuracy is a new best.
+
+        Strictly better only: of epochs that tie, the earliest is kept.
+        """
+        self.history.append({"epoch": epoch, "loss": loss, "soft": soft, "hard": hard, "val_acc": val_acc})
+        if val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, epoch
+            self.best_state = current_state()
+
+
+def divergence_error(epoch: int, loss: float, soft: float, hard: float) -> DivergenceError:
+    """The error of a trial whose mean epoch loss is NaN or infinite."""
+    return DivergenceError(
+        f"training diverged: the mean loss of epoch {epoch} is {loss} (soft {soft}, hard "
+        f"{hard}). Lower train.lr or check the inputs; this trial is recorded as failed."
+    )
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to max_shift pixels in each direction, filling with zeros."""
+    n, _, height, width = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
+
+
+def fit(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    val: Split,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    max_shift: int = 0,
+    progress: bool = False,
+    description: str = "train",
+) -> FitResult:
+    """Train for `epochs`, measure val accuracy after each, and keep the best-val weights.
+
+    Raises DivergenceError as soon as an epoch's mean loss is NaN or infinite: a diverged trial must
+    fail loudly rather than hand NaN to the sweeper.
+    """
+    start = time.perf_counter()
+    n = len(train_x)
+    best = FitResult()
+    for epoch in tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False):
+        model.train()
+        order = torch.randperm(n, generator=generator).to(train_x.device)
+        step_losses = []  # detached, summed once per epoch: no per-step arithmetic or device sync
+        for begin in range(0, n, batch_size):
+            idx = order[begin : begin + batch_size]
+            x = train_x[idx]
+            if max_shift:
+                x = random_shift(x, max_shift, generator)
+            parts = loss_fn(model(x), idx)
+            optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            optimizer.step()
+            step_losses.append(torch.stack([parts.total, parts.soft, parts.hard]).detach())
+        sizes = torch.tensor([min(batch_size, n - b) for b in range(0, n, batch_size)], device=train_x.device)
+        loss, soft, hard = ((torch.stack(step_losses) * sizes[:, None]).sum(0) / n).tolist()
+        if not math.isfinite(loss):
+            raise divergence_error(epoch, loss, soft, hard)
+        val_acc = accuracy(predict_logits(model, val.x), val.y)
+        best.record_epoch(epoch, loss, soft, hard, val_acc,
+                          lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
+    best.seconds = time.perf_counter() - start
+    return best

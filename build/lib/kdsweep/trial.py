@@ -1,0 +1,313 @@
+"""One distillation trial as plain functions: inputs (data, teacher), the student, the report.
+
+Nothing here reads a config: `kdsweep.run` builds a `TrialSettings` and calls `run_trial`. A launcher
+that trains several students at once reuses `trial_inputs`, `new_student` and `finish_trial`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsweep import cache
+from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
+from kdsweep.data import Dataset
+from kdsweep.errors import ConfigError, DataError
+from kdsweep.losses import LossParts, ce_loss, kd_loss_from_log_probs, teacher_log_probs
+from kdsweep.metrics import accuracy, agreement, predict_logits
+from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
+from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
+from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
+from kdsweep.train import FitResult, LossFn, OptimizerFactory, fit
+
+log = logging.getLogger("kdsweep")
+
+# (input shape, number of classes) -> a new network
+NetFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything that determines one trial, as plain values and factories."""
+
+    data: dict[str, Any]  # the data node as plain values (kdsweep.own_data.load_dataset's spec)
+    loss: LossSettings
+    train: TrainSettings
+    teacher: TeacherSettings
+    teacher_arch: dict[str, Any] | None  # the networks' config nodes, for cache keys and reports (None:
+    # a teacher that is only its logits)
+    student_arch: dict[str, Any]
+    optimizer: dict[str, Any]
+    make_teacher: NetFactory
+    make_student: NetFactory
+    make_optimizer: OptimizerFactory
+    seed: int
+    cache_dir: Path
+    baseline: bool
+    device: torch.device
+    make_data: Callable[[], Any] | None = None  # the user's data function, for data.source=function
+
+    @property
+    def student_schedule(self) -> dict[str, Any]:
+        t = self.train
+        return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay, "seed": self.seed}
+
+
+@dataclass
+class TrialInputs:
+    data: Dataset
+    teacher_logits: TeacherLogits | None  # None for the cross-entropy baseline, which has no teacher
+    teacher_info: dict[str, Any]
+    timings: dict[str, Any]
+
+
+# Computed teacher logits, per teacher spec: every trial of an in-process sweep reuses them.
+_TEACHER_LOGITS: dict[str, tuple[TeacherLogits, dict[str, Any]]] = {}
+# The baseline student's accuracies, per baseline spec, likewise.
+_BASELINES: dict[str, dict[str, float]] = {}
+
+
+def train_network(
+    net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, loss_fn: LossFn | None = None, *,
+    epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
+    description: str = "train",
+) -> FitResult:
+    """Train `net` on the training set with `loss_fn`; by default cross-entropy on the hard labels."""
+    labels = data.train.y
+    optimizer = make_optimizer(net.parameters(), lr=lr, weight_decay=weight_decay)
+    return fit(
+        net, data.train.x, loss_fn or (lambda logits, idx: ce_loss(logits, labels[idx])), optimizer, data.val,
+        epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+        max_shift=max_shift, progress=sys.stderr.isatty(), description=description,
+    )
+
+
+def data_spec(settings: TrialSettings, data: Dataset) -> dict[str, Any]:
+    """The data's part of a cache key: its config, and a hash of its contents where they can change."""
+    return settings.data if data.fingerprint is None else {**settings.data, "fingerprint": data.fingerprint}
+
+
+def network_spec(arch: dict[str, Any], factory: NetFactory) -> dict[str, Any]:
+    """A network's part of a cache key: its config node, and a hash of the code that defines it."""
+    return {**arch, "code": code_fingerprint(factory)}
+
+
+def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherLogits, dict[str, Any]]:
+    """The frozen teacher's logits on train/val/test, and facts about where the teacher came from."""
+    t = settings.teacher
+    if t.logits:
+        return _teacher_logits_from_file(settings, data)
+    # "logits": entries hold the teacher's logits too (older entries, weights only, are not reused).
+    spec = {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
+            "train": asdict(t), "optimizer": settings.optimizer, "logits": True}
+    key = cache.spec_key(spec)
+    if key in _TEACHER_LOGITS:
+        logits, info = _TEACHER_LOGITS[key]
+        return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
+    start = time.perf_counter()
+    torch.manual_seed(t.seed)  # the teacher's initial weights, whether it is trained or loaded
+    net = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes).to(settings.device)
+    check_outputs(net, "model.teacher.net", data.train.x[:2], data.num_classes)  # data are on the device too
+    if t.max_shift and not (data.train.x.ndim == 4 and data.train.x.is_floating_point()):
+        raise ConfigError(f"model.teacher.max_shift={t.max_shift} shifts images, but the data's inputs have shape "
+                          f"{data.input_shape} and dtype {data.train.x.dtype}, not float images (C, H, W); set "
+                          "model.teacher.max_shift=0.")
+    if t.checkpoint:
+        load_checkpoint(net, Path(t.checkpoint))
+        logits, source = compute_logits(freeze(net), data), "checkpoint"
+    else:
+
+        def build() -> dict[str, Any]:
+            log.info("training the teacher (%d epochs); it is cached for later runs", t.epochs)
+            result = train_network(
+                net, data, settings.make_optimizer, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                weight_decay=t.weight_decay, seed=t.seed, max_shift=t.max_shift, description="teacher",
+            )
+            net.load_state_dict(result.best_state)
+            # Its logits too: a later process then skips the teacher's forward over every image (0.9 s
+            # for the MLP teacher on Fashion-MNIST, several seconds for a CNN).
+            logits = compute_logits(freeze(net), data)
+            return {"state_dict": {k: v.cpu() for k, v in result.best_state.items()}, "seconds": result.seconds,
+                    "logits": {split: getattr(logits, split).cpu() for split in ("train", "val", "test")}}
+
+        entry, hit = cache.load_or_build(settings.cache_dir, "teacher", spec, build)
+        logits = TeacherLogits(*(entry["logits"][split].to(settings.device) for split in ("train", "val", "test")))
+        source = "cache" if hit else "trained"
+    info = {
+        "teacher_source": source,
+        "teacher_arch": settings.teacher_arch["_target_"].rsplit(".", 1)[-1],
+        "teacher_params": count_parameters(net),
+        "teacher_val_acc": accuracy(logits.val, data.val.y),
+        "teacher_test_acc": accuracy(logits.test, data.test.y),
+        "teacher_seconds": time.perf_counter() - start,
+    }
+    _TEACHER_LOGITS[key] = (logits, info)
+    return logits, info
+
+
+def _teacher_logits_from_file(settings: TrialSettings, data: Dataset) -> tuple[TeacherLogits, dict[str, Any]]:
+    """teacher.logits=PATH: a teacher that is only its outputs; no network is built."""
+
+    start = time.perf_counter()
+    path = Path(settings.teacher.logits)
+    if not path.is_file():
+        raise DataError(f"teacher.logits={path} does not exist or is not a file.")
+    key = cache.spec_key({"data": data_spec(settings, data), "logits_file": str(path.resolve()),
+                          "contents": file_fingerprint(path, index_dir_for(settings.cache_dir))})
+    if key in _TEACHER_LOGITS:
+        logits, info = _TEACHER_LOGITS[key]
+        return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
+    loaded = load_logits_file(path, data)
+    logits = TeacherLogits(*(x.to(settings.device) for x in (loaded.train, loaded.val, loaded.test)))
+    info = {
+        "teacher_source": "logits",
+        "teacher_arch": None,
+        "teacher_params": None,
+        "teacher_val_acc": accuracy(logits.val, data.val.y),
+        "teacher_test_acc": accuracy(logits.test, data.test.y),
+        "teacher_seconds": time.perf_counter() - start,
+    }
+    _TEACHER_LOGITS[key] = (logits, info)
+    return logits, info
+
+
+def trial_inputs(settings: TrialSettings) -> TrialInputs:
+    """Data on the trial's device, and the teacher's logits where the loss needs a teacher."""
+    start = time.perf_counter()
+    data = load_dataset(settings.data, settings.make_data, index_dir_for(settings.cache_dir))
+    # The student is built and run on two examples before any training, so that a student that does
+    # not fit the data fails at once, not after the teacher has trained.
+    check_outputs(build_network(settings.make_student, "model.student", data.input_shape, data.num_classes),
+                  "model.student", data.train.x[:2], data.num_classes)
+    data = data.to(settings.device)
+    timings: dict[str, Any] = {"data_seconds": time.perf_counter() - start}
+    if settings.loss.name != "kd":
+        return TrialInputs(data, None, {}, timings)
+    logits, info = get_teacher_logits(settings, data)
+    timings.update(teacher_seconds=info["teacher_seconds"], teacher_source=info["teacher_source"])
+    return TrialInputs(data, logits, info, timings)
+
+
+def new_student(settings: TrialSettings, data: Dataset) -> nn.Module:
+    torch.manual_seed(settings.seed)  # same seed, same initial weights: KD and baseline runs are paired
+    return build_network(settings.make_student, "model.student", data.input_shape, data.num_classes).to(settings.device)
+
+
+def fit_student(settings: TrialSettings, inputs: TrialInputs, student: nn.Module) -> FitResult:
+    """Train the student with the trial's loss: KD against the teacher's soft labels, or plain CE."""
+    loss_fn: LossFn | None = None  # cross-entropy: the baseline student
+    if inputs.teacher_logits is not None:
+        loss, labels = settings.loss, inputs.data.train.y
+        soft_targets = teacher_log_probs(inputs.teacher_logits.train, loss.temperature)
+
+        def loss_fn(s: torch.Tensor, idx: torch.Tensor) -> LossParts:
+            return kd_loss_from_log_probs(s, soft_targets[idx], labels[idx], loss.temperature, loss.alpha)
+
+    return train_network(student, inputs.data, settings.make_optimizer, loss_fn, **settings.student_schedule,
+                         description="student")
+
+
+def get_baseline(settings: TrialSettings, data: Dataset) -> dict[str, float]:
+    """The cross-entropy student's val and test accuracy, trained once per spec and cached."""
+    spec = {"data": data_spec(settings, data), "arch": network_spec(settings.student_arch, settings.make_student),
+            "train": settings.student_schedule, "optimizer": settings.optimizer}
+
+    def build() -> dict[str, Any]:
+        log.info("training the baseline student (cross-entropy); it is cached for later trials")
+        student = new_student(settings, data)
+        result = train_network(student, data, settings.make_optimizer, **settings.student_schedule, description="baseline")
+        student.load_state_dict(result.best_state)
+        return {
+            "state_dict": {k: v.cpu() for k, v in result.best_state.items()},
+            "baseline_val_acc": result.best_val_acc,
+            "baseline_test_acc": accuracy(predict_logits(student, data.test.x), data.test.y),
+            "baseline_best_epoch": result.best_epoch,
+        }
+
+    key = cache.spec_key(spec)
+    if key not in _BASELINES:
+        entry, _ = cache.load_or_build(settings.cache_dir, "baseline", spec, build)
+        _BASELINES[key] = {k: v for k, v in entry.items() if k != "state_dict"}
+    return _BASELINES[key]
+
+
+def finish_trial(
+    settings: TrialSettings, inputs: TrialInputs, student: nn.Module, result: FitResult, output_dir: Path
+) -> dict[str, Any]:
+    """Evaluate the best-val state, add the paired baseline, write metrics.json; return the metrics."""
+    data, timings = inputs.data, dict(inputs.timings, train_seconds=result.seconds)
+    start = time.perf_counter()
+    student.load_state_dict(result.best_state)
+    test_logits = predict_logits(student, data.test.x)
+    results: dict[str, Any] = {
+        "best_val_acc": result.best_val_acc,
+        "test_acc": accuracy(test_logits, data.test.y),
+        "best_epoch": result.best_epoch,
+        "teacher_val_acc": inputs.teacher_info.get("teacher_val_acc"),
+        "teacher_test_acc": inputs.teacher_info.get("teacher_test_acc"),
+        "agreement": agreement(test_logits, inputs.teacher_logits.test) if inputs.teacher_logits is not None else None,
+    }
+    timings["eval_seconds"] = time.perf_counter() - start
+    if settings.baseline and settings.loss.name == "kd":
+        start = time.perf_counter()
+        results.update(get_baseline(settings, data))
+        results["gain"] = results["test_acc"] - results["baseline_test_acc"]
+        timings["baseline_seconds"] = time.perf_counter() - start
+    loss, arch = settings.loss, settings.student_arch
+    metrics = {
+        "config": {
+            "loss": loss.name,
+            "temperature": loss.temperature,
+            "alpha": loss.alpha,
+            "data": settings.data["name"],
+            "train_size": len(data.train),
+            "student_arch": arch["_target_"].rsplit(".", 1)[-1],
+            "student_width": arch.get("width"),
+            "student_depth": arch.get("depth"),
+            "student_params": count_parameters(student),
+            "teacher_arch": inputs.teacher_info.get("teacher_arch"),
+            "teacher_params": inputs.teacher_info.get("teacher_params"),
+            "seed": settings.seed,
+            "epochs": settings.train.epochs,
+            "batch_size": settings.train.batch_size,
+            "lr": settings.train.lr,
+            "device": str(settings.device),
+        },
+        "results": results,
+        "history": result.history,
+        "timings": timings,
+        "versions": dict(_versions()),
+    }
+    cache.atomic_write(output_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), mode="w")
+    gain = f", gain over the baseline {results['gain']:+.4f}" if "gain" in results else ""
+    log.info("val acc %.4f, test acc %.4f%s", results["best_val_acc"], results["test_acc"], gain)
+    return metrics
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    # Cached: each lookup scans the installed packages' metadata, a few ms apiece, in every trial.
+    return {name: version(name) for name in ("kdsweep", "torch", "hydra-core", "optuna")} | {"python": platform.python_version()}
+
+
+def run_trial(settings: TrialSettings, output_dir: Path) -> float:
+    """One trial: teacher, student, evaluation, metrics.json. Returns the best val accuracy."""
+    if settings.train.num_threads:
+        torch.set_num_threads(settings.train.num_threads)
+    inputs = trial_inputs(settings)
+    student = new_student(settings, inputs.data)
+    result = fit_student(settings, inputs, student)
+    finish_trial(settings, inputs, student, result, output_dir)
+    return result.best_val_acc
