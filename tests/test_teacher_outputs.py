@@ -48,15 +48,14 @@ def test_a_minus_inf_teacher_logit_is_probability_zero_not_nan():
     assert torch.isfinite(student.grad).all()
 
 
-def test_a_dataparallel_checkpoint_loads():
+def test_a_dataparallel_checkpoint_loads(tmp_path):
     torch.manual_seed(0)
     trained = MLP((1, 8, 8), 10, width=32)
     state = torch.nn.DataParallel(trained).state_dict()  # every key prefixed "module."
     assert all(k.startswith("module.") for k in state)
-    path = __import__("tempfile").mkdtemp() + "/dp.pt"
-    torch.save(state, path)
+    torch.save(state, tmp_path / "dp.pt")
     fresh = MLP((1, 8, 8), 10, width=32)
-    load_checkpoint(fresh, __import__("pathlib").Path(path))
+    load_checkpoint(fresh, tmp_path / "dp.pt")
     for (k, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
 
