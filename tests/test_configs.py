@@ -15,6 +15,10 @@ from omegaconf import OmegaConf
 from conftest import CONF
 
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
+# The user's own data (a file, a function) needs a path or a target: composed with one below.
+OWN_DATA = {"arrays": "data.path=my.npz", "function": "data.loader._target_=numpy.load"}
+BUILT_IN = {"data": [d for d in GROUPS["data"] if d not in OWN_DATA], "model": GROUPS["model"], "loss": GROUPS["loss"]}
+NETS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("model/student", "model/teacher/net")}
 INPUT_SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28)}
 
 
@@ -24,10 +28,26 @@ def compose_config(*overrides: str, return_hydra_config: bool = False):
 
 
 def test_each_group_holds_the_files_the_docs_name():
-    assert GROUPS == {"data": ["digits", "fashion_mnist", "mnist"], "model": ["cnn", "hinton", "mlp"], "loss": ["ce", "kd"]}
+    assert GROUPS == {"data": ["arrays", "digits", "fashion_mnist", "function", "mnist"], "model": ["cnn", "hinton", "mlp"],
+                      "loss": ["ce", "kd"]}
+    assert NETS == {"model/student": ["mlp", "mlp_hinton", "mlp_tutorial"],
+                    "model/teacher/net": ["mlp_hinton", "mlp_tutorial", "small_cnn"]}
 
 
-@pytest.mark.parametrize("data,model,loss", list(itertools.product(*GROUPS.values())))
+@pytest.mark.parametrize("data", list(OWN_DATA))
+def test_own_data_options_compose_with_their_one_required_key(data):
+    container = OmegaConf.to_container(compose_config(f"data={data}", OWN_DATA[data]), resolve=True)
+    assert container["data"]["source"] == {"arrays": "file", "function": "function"}[data]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in NETS.items() for o in options])
+def test_every_network_option_composes_into_its_node_alone(group, option):
+    cfg = compose_config(f"{group}={option}")
+    node = OmegaConf.select(cfg, group.replace("/", "."))
+    assert set(node) == {"_target_"} | set(yaml.safe_load((CONF / group / f"{option}.yaml").read_text())) - {"_target_"}
+
+
+@pytest.mark.parametrize("data,model,loss", list(itertools.product(*BUILT_IN.values())))
 def test_every_combination_composes_and_resolves(data, model, loss):
     cfg = compose_config(f"data={data}", f"model={model}", f"loss={loss}")
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -36,7 +56,7 @@ def test_every_combination_composes_and_resolves(data, model, loss):
     assert container["model"]["teacher"]["epochs"] == container["data"]["teacher_epochs"]
 
 
-@pytest.mark.parametrize("data,model", list(itertools.product(GROUPS["data"], GROUPS["model"])))
+@pytest.mark.parametrize("data,model", list(itertools.product(BUILT_IN["data"], GROUPS["model"])))
 def test_every_pair_builds_for_its_data_shape(data, model):
     cfg = compose_config(f"data={data}", f"model={model}")
     shape = INPUT_SHAPES[data]
