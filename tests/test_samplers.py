@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
 from conftest import CONF, REPO, TINY, read_metrics
-from hydra_plugins.kdsweep_sweeper.samplers import NAMES, sampler_factory
-from hydra_plugins.kdsweep_sweeper.search_space import parse
+from hydra_plugins.kdsweep_sweeper._samplers import NAMES, sampler_factory
+from hydra_plugins.kdsweep_sweeper._search_space import parse
 from kdsweep.errors import ConfigError
 
 SAMPLERS = sorted(p.stem for p in (CONF / "hydra" / "sweeper" / "sampler").glob("*.yaml"))

@@ -6,7 +6,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.kdsweep_sweeper.search_space import grid, job_overrides, parse, probes
+from hydra_plugins.kdsweep_sweeper._search_space import grid, job_overrides, parse, probes
 from kdsweep.errors import ConfigError
 
 
@@ -27,7 +27,8 @@ def basic_sweeper_values(line: str) -> list:
     ("loss.temperature=range(1,16,5)", [1, 6, 11]),  # the stop is excluded: no T = 16
     ("loss.temperature=range(2,9)", [2, 3, 4, 5, 6, 7, 8]),
     ("loss.alpha=range(0.5,1.5,0.5)", [0.5, 1.0]),  # no alpha = 1.5
-    ("loss.alpha=range(0.1,0.4,0.1)", [0.1, 0.2, 0.30000000000000004]),  # Hydra's own float steps
+    # Hydra steps in Decimal from the binary floats, so 0.4 - 3 x 0.1 is a hair above 0: 0.4 is in.
+    ("loss.alpha=range(0.1,0.4,0.1)", [0.1, 0.2, 0.30000000000000004, 0.4]),
     ("seed=choice(0,1,2)", [0, 1, 2]),
     ("train.optimizer._target_=choice(torch.optim.Adam,torch.optim.SGD)", ["torch.optim.Adam", "torch.optim.SGD"]),
 ])

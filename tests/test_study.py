@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import CONF, REPO, TINY, read_metrics
-from hydra_plugins.kdsweep_sweeper.identity import CONFIG_ATTR, IDENTITY_ATTR
+from hydra_plugins.kdsweep_sweeper._identity import CONFIG_ATTR, IDENTITY_ATTR
 
 FIXTURE = Path(__file__).with_name("fixtures") / "optuna210.db"
 NO_WIDTH = [o for o in TINY if not o.startswith("model.student.width")]
@@ -76,7 +76,7 @@ def test_every_trial_of_a_study_lands_in_its_folder_and_the_results_cover_them_a
     vals = {n: read_metrics(folder / str(n))["results"]["best_val_acc"] for n in range(3)}
     assert results["n_complete"] == 3 and results["best_value"] == max(vals.values())
     assert results["best_trial"] == min(n for n, v in vals.items() if v == max(vals.values()))
-    assert f"analyse: python -m kdsweep.analysis {folder}" in proc.stdout + proc.stderr
+    assert f"analyse: python -m kdsweep.analysis outputs/multirun/{name}" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -269,7 +269,7 @@ def test_submitit_local_runs_a_sweep(tmp_path, tiny):
     ("sqlite:////tmp/outputs/optuna.db", "sqlite:////tmp/outputs/optuna.db"),
 ])
 def test_a_storage_url_is_shown_without_its_password(url, shown):
-    from hydra_plugins.kdsweep_sweeper.storage import redact_url
+    from hydra_plugins.kdsweep_sweeper._storage import redact_url
 
     assert redact_url(url) == shown
 

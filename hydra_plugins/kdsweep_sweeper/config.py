@@ -7,8 +7,8 @@ node, so that choosing another sampler replaces its options instead of merging i
 """
 # No `from __future__ import annotations`: Hydra's ConfigStore reads these annotations as types.
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -16,11 +16,11 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class KDSweepSweeperConf:
     _target_: str = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KDSweepSweeper"
-    # The sweeper gets the sampler's node as it is written and builds a sampler per trial (samplers.py),
+    # The sweeper gets the sampler's node as it is written and builds a sampler per trial (_samplers.py),
     # so Hydra must not instantiate the nested `_target_` itself.
     _recursive_: bool = False
-    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
-    # optuna.samplers.X's keyword arguments, with `_target_`; see the sampler group's files.
+    # optuna.samplers.X's keyword arguments, with `_target_`: chosen in kdsweep.yaml's defaults list
+    # (`- sampler: tpe`), or with hydra/sweeper/sampler=NAME.
     sampler: Any = None
     # kdsweep's objective, the best val accuracy, is maximized. One direction: a trial returns one number.
     direction: Any = "maximize"

@@ -22,7 +22,7 @@ class KDSweepSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
-        from hydra_plugins.kdsweep_sweeper.storage import redact_config
+        from hydra_plugins.kdsweep_sweeper._storage import redact_config
 
         redact_config(config)  # before the launcher keeps the config, and before any job composes its own
         self.config, self.hydra_context = config, hydra_context
@@ -31,7 +31,7 @@ class KDSweepSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from hydra_plugins.kdsweep_sweeper.loop import SweepInterrupted, run_sweep
+        from hydra_plugins.kdsweep_sweeper._loop import SweepInterrupted, run_sweep
         from kdsweep.errors import KDSweepError
 
         assert self.config is not None and self.hydra_context is not None

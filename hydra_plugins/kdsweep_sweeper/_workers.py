@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 
 from kdsweep.cache import file_lock
 
-from hydra_plugins.kdsweep_sweeper.storage import StorageURL, engine
+from hydra_plugins.kdsweep_sweeper._storage import StorageURL, engine
 
 WORKER_ATTR = "kdsweep_worker"
 

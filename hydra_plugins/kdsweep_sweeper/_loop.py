@@ -33,12 +33,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError
 
-from hydra_plugins.kdsweep_sweeper import identity as ident_mod
-from hydra_plugins.kdsweep_sweeper import report
-from hydra_plugins.kdsweep_sweeper.samplers import quiet_optuna, sampler_factory
-from hydra_plugins.kdsweep_sweeper.search_space import SearchSpace, job_overrides, parse, probes
-from hydra_plugins.kdsweep_sweeper.storage import StorageURL, close, open_storage, set_hydra_override, storage_url
-from hydra_plugins.kdsweep_sweeper.workers import WORKER_ATTR, Heartbeat, claim_lock, this_worker, worker_gone
+from hydra_plugins.kdsweep_sweeper import _identity
+from hydra_plugins.kdsweep_sweeper import _report
+from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
+from hydra_plugins.kdsweep_sweeper._search_space import SearchSpace, job_overrides, parse, probes
+from hydra_plugins.kdsweep_sweeper._storage import StorageURL, close, open_storage, set_hydra_override, storage_url
+from hydra_plugins.kdsweep_sweeper._workers import WORKER_ATTR, Heartbeat, claim_lock, this_worker, worker_gone
 
 log = logging.getLogger("hydra_plugins.kdsweep_sweeper")
 
@@ -141,14 +141,14 @@ def check_search_space(context: HydraContext, config: DictConfig, space: SearchS
     return first
 
 
-def open_study(where: StorageURL, name: str, opts: SweepOptions, ident: ident_mod.Identity) -> optuna.Study:
+def open_study(where: StorageURL, name: str, opts: SweepOptions, ident: _identity.Identity) -> optuna.Study:
     """Open the study `name` in `where` or create it; refuse one made for another experiment."""
     with claim_lock(None, where, "schema"):  # two workers creating one new database would race on its schema
         storage = open_storage(where)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(study_name=name, storage=storage, direction=opts.direction, load_if_exists=True)
-    if ident_mod.check_study(study, ident, opts.direction, where.shown):
+    if _identity.check_study(study, ident, opts.direction, where.shown):
         if study.get_trials(deepcopy=False):
             log.warning("Study %s records no kdsweep configuration (made by an earlier kdsweep or by hand): it is "
                         "taken as this experiment's, and the configuration is recorded", name)
@@ -186,7 +186,7 @@ def fail(study: optuna.Study, trial: optuna.Trial | FrozenTrial, reason: str) ->
     storage = study._storage  # noqa: SLF001  the public storage API is the only way to tag another worker's trial
     with contextlib.suppress(Exception):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)  # noqa: SLF001
-        storage.set_trial_user_attr(trial_id, report.REASON_ATTR, reason)
+        storage.set_trial_user_attr(trial_id, _report.REASON_ATTR, reason)
     with contextlib.suppress(RuntimeError, ValueError):
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -203,7 +203,7 @@ def own_errors(study: optuna.Study, since: int) -> list[FrozenTrial]:
     """Trials numbered `since` or later that failed by their own fault (interrupted ones do not
     count): a rerun after fixing the cause starts with a fresh budget."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.number >= since and not str(t.user_attrs.get(report.REASON_ATTR, "")).startswith(INTERRUPTED)]
+            if t.number >= since and not str(t.user_attrs.get(_report.REASON_ATTR, "")).startswith(INTERRUPTED)]
 
 
 def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: int, space: SearchSpace,
@@ -238,7 +238,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -
         trial.set_user_attr("output_dir", str(output_dir))
         fail(study, trial, reason)
         return
-    for key, attr in report.metrics_attrs(output_dir).items():
+    for key, attr in _report.metrics_attrs(output_dir).items():
         trial.set_user_attr(key, attr)
     study.tell(trial, value)
 
@@ -262,8 +262,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             function(config, trial)
 
     task = check_search_space(context, config, space)
-    ident = ident_mod.identity(task, list(space.distributions), space.describe())
-    name = opts.study_name or ident_mod.study_name(ident, config.hydra.runtime.choices, space.fixed)
+    ident = _identity.identity(task, list(space.distributions), space.describe())
+    name = opts.study_name or _identity.study_name(ident, config.hydra.runtime.choices, space.fixed)
     # Every job composes its config with it, so hydra.sweep.dir=.../${hydra.sweeper.study_name} (the
     # default) is the study's own folder in every trial and every worker.
     set_hydra_override(config, "hydra.sweeper.study_name", name)
@@ -324,13 +324,13 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             pace = (time.monotonic() - started) / finished_here
             now_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             for trial in trials:
-                log.info(report.trial_line(study.get_trials(deepcopy=False)[trial.number], now_complete, n_trials, pace))
+                log.info(_report.trial_line(study.get_trials(deepcopy=False)[trial.number], now_complete, n_trials, pace))
             errors = own_errors(study, since)
             if len(errors) > budget:
                 raise KDSweepError(
                     f"{len(errors)} trials of study {name} failed since this worker started, more than max_failure_rate="
                     f"{opts.max_failure_rate} x n_trials={n_trials} allows; the last said: "
-                    f"{errors[-1].user_attrs.get(report.REASON_ATTR)} Fix the cause and run the same command "
+                    f"{errors[-1].user_attrs.get(_report.REASON_ATTR)} Fix the cause and run the same command "
                     "again: the finished trials are kept (or raise hydra.sweeper.max_failure_rate)."
                 )
     finally:
@@ -338,8 +338,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
         if main_thread:
             signal.signal(signal.SIGTERM, previous_term)
     complete_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    text, results = report.summary(name, where.shown, complete_trials, opts.direction == "maximize", sweep_dir)
-    report.write_results(sweep_dir, results)
+    text, results = _report.summary(name, where.shown, complete_trials, opts.direction == "maximize", sweep_dir)
+    _report.write_results(sweep_dir, results)
     log.info(text)
     close(study._storage)  # noqa: SLF001
 

@@ -21,7 +21,7 @@ from optuna.samplers import BaseSampler, GridSampler
 
 from kdsweep.errors import ConfigError
 
-from hydra_plugins.kdsweep_sweeper.search_space import grid
+from hydra_plugins.kdsweep_sweeper._search_space import grid
 
 NAMES = {  # the sampler group's files, for messages
     "TPESampler": "tpe", "RandomSampler": "random", "CmaEsSampler": "cmaes", "NSGAIISampler": "nsgaii",
