@@ -81,10 +81,14 @@ def study_name(ident: Identity, choices: Mapping[str, Any], changed: Mapping[str
     width = ident.config.get("model", {}).get("student", {}).get("width")
     if width is not None:
         parts.append(f"w{width}")
-    spelled = [f"{key.lstrip('+~').rsplit('.', 1)[-1]}{value}" for key, value in changed.items()
-               if key.lstrip("+~") not in (*NEUTRAL_KEYS, "data", "model", "loss", "model.student.width")
-               and not key.lstrip("+~").startswith("hydra")]
-    parts += [s for s in (_slug(s)[:20] for s in spelled[:3]) if s]
+    keys = {key.lstrip("+~"): value for key, value in changed.items()
+            if key.lstrip("+~") not in (*NEUTRAL_KEYS, "data", "model", "loss", "model.student.width")
+            and not key.lstrip("+~").startswith("hydra")}
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    # The key's last part (lr0.01), or its last two where that is ambiguous (teacher.epochs2-train.epochs2).
+    spelled = [f"{k.rsplit('.', 1)[-1] if last.count(k.rsplit('.', 1)[-1]) == 1 else '.'.join(k.split('.')[-2:])}{v}"
+               for k, v in keys.items()]
+    parts += [s for s in (_slug(s)[:24] for s in spelled[:3]) if s]
     return "-".join(parts + [ident.digest[:8]])
 
 

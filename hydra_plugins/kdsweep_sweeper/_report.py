@@ -101,7 +101,7 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
     lines = [
         f"Best of {len(complete)} COMPLETE trials of study {study_name}: trial {trial.number}, "
         f"T={g4(a.get('temperature'))}, alpha={g4(a.get('alpha'))}"
-        + (f" ({', '.join(f'{k}={g4(v)}' for k, v in trial.params.items())})" if trial.params else ""),
+        + "".join(f", {k}={g4(v)}" for k, v in trial.params.items() if k not in ("loss.temperature", "loss.alpha")),
         f"  val acc {g4(trial.value)}, test acc {g4(a.get('test_acc'))}{gain}",
         f"  {ties}",
         f"  results: {sweep_dir / 'optimization_results.yaml'}; trial folders {sweep_dir}/N; study {study_name} "

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ def _older_schema(url: str, engine_kwargs: dict[str, Any]) -> str | None:
     a database should reach `optuna storage upgrade` as the older Optuna left it.
     """
     import sqlalchemy
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines ("setup plugin ...") are noise here
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
