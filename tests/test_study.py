@@ -24,9 +24,9 @@ FIXTURE = Path(__file__).with_name("fixtures") / "optuna210.db"
 NO_WIDTH = [o for o in TINY if not o.startswith("model.student.width")]
 
 
-def kdsweep(cwd: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def kdsweep(cwd: Path, *overrides: str, check: bool = True, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`python -m kdsweep.run -m` run from `cwd`, with the default outputs (outputs/ under cwd)."""
-    proc = subprocess.run([sys.executable, "-m", "kdsweep.run", "-m", f"cache_dir={cwd.parent / 'cache'}", *overrides],
+    proc = subprocess.run([sys.executable, "-m", "kdsweep.run", "-m", *flags, f"cache_dir={cwd.parent / 'cache'}", *overrides],
                           cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -44,10 +44,10 @@ def test_editing_the_students_width_in_a_yaml_file_makes_a_new_study(tmp_path):
     shutil.copytree(CONF, conf)  # the package's configs, as a config folder of one's own (-cd)
     work = tmp_path / "work"
     work.mkdir()
-    kdsweep(work, "-cd", str(conf), *NO_WIDTH, "hydra.sweeper.n_trials=1")
+    kdsweep(work, *NO_WIDTH, "hydra.sweeper.n_trials=1", flags=("-cd", str(conf)))
     cnn = conf / "model" / "cnn.yaml"
     cnn.write_text(cnn.read_text().replace("width: 16", "width: 24"))
-    proc = kdsweep(work, "-cd", str(conf), *NO_WIDTH, "hydra.sweeper.n_trials=1")
+    proc = kdsweep(work, *NO_WIDTH, "hydra.sweeper.n_trials=1", flags=("-cd", str(conf)))
     assert "Launching" in proc.stdout + proc.stderr  # a new study: it ran a trial, not "nothing to do"
     found = studies(work)
     assert len(found) == 2

@@ -68,7 +68,7 @@ def test_a_sweep_reports_each_trial_and_its_end_names_the_best_with_its_ties(tmp
     assert results["best_trial"] == numbers[best.index] and results["n_tied"] == best.n_tied
     assert results["tied_trials"] == sorted(numbers[i] for i in best.tied)
     assert (results["gain"], results["baseline_test_acc"]) == (r["gain"], r["baseline_test_acc"])
-    assert re.search(r"Study kdsweep-digits-cnn-kd-w16-\w+ in sqlite:///", output)
+    assert re.search(r"Study kdsweep-digits-cnn-kd-w16-[\w.-]+ in sqlite:///", output)
 
 
 def test_a_grid_with_the_basic_sweeper(tmp_path, tiny):
