@@ -194,6 +194,7 @@ def test_two_workers_share_one_journal_file(tmp_path):
 
     k = 2
     journal = tmp_path / "shared" / "optuna.journal"
+    journal.parent.mkdir()
     study = two_workers(tmp_path, "journal:///shared/optuna.journal", k,
                         storage=JournalStorage(JournalFileBackend(str(journal))))
     check_two_workers(study, tmp_path / "sweep", k)
