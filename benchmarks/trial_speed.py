@@ -148,8 +148,8 @@ def part2(workdir: Path, label: str, overrides: list[str], repeats: int) -> None
         trials = [json.loads(p.read_text()) for p in (workdir / name / f"warm{r}").glob("*/metrics.json")]
         assert len(trials) == 10
         lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[20")]
-        study_line = next(ln for ln in lines if "] - Study " in ln)  # the sweeper's first line, once the study is open
-        best_line = next(ln for ln in lines if "] - Best of " in ln)  # its last, the end-of-sweep summary
+        study_line = next(ln for ln in lines if "] Study " in ln)  # the sweeper's first line, once the study is open
+        best_line = next(ln for ln in lines if "] Best of " in ln)  # its last, the end-of-sweep summary
         runs.append((wall, sum(m["timings"]["train_seconds"] for m in trials),
                      (_log_time(study_line) - start).total_seconds(), (end - _log_time(best_line)).total_seconds()))
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
