@@ -304,6 +304,7 @@ def test_every_setup_belongs_to_a_case():
     assert set(SETUP) <= set(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_with_a_clear_message(tmp_path, tiny, name):
     overrides, message, detail = CASES[name]
@@ -325,6 +326,7 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, tiny, name):
         assert not (tmp_path / folder).exists(), folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "another spec"])
 def test_a_corrupt_cache_entry_is_detected_and_rebuilt_with_a_warning(tmp_path, tiny, damage):
     run_cli(tmp_path, *tiny)

@@ -88,6 +88,7 @@ def test_an_explicit_sweep_dir_still_holds_the_trials(tmp_path):
     assert not (work / "outputs" / "multirun").exists()
 
 
+@pytest.mark.slow
 def test_reopening_a_study_in_the_other_direction_is_one_paragraph_naming_the_way_out(tmp_path):
     work = tmp_path / "work"
     (work / "outputs").mkdir(parents=True)
@@ -102,6 +103,7 @@ def test_reopening_a_study_in_the_other_direction_is_one_paragraph_naming_the_wa
     assert studies(work)["mine"].get_trials() == []
 
 
+@pytest.mark.slow
 def test_a_named_study_made_for_another_configuration_is_refused(tmp_path):
     work = tmp_path / "work"
     (work / "outputs").mkdir(parents=True)
@@ -120,6 +122,7 @@ def test_a_named_study_made_for_another_configuration_is_refused(tmp_path):
     assert len(study.get_trials()) == 1
 
 
+@pytest.mark.slow
 def test_a_database_of_optuna_2_10_is_refused_with_the_command_that_upgrades_it_then_resumed(tmp_path):
     work = tmp_path / "work"
     (work / "outputs").mkdir(parents=True)

@@ -22,6 +22,8 @@ from optuna.trial import TrialState
 
 from conftest import REPO, TINY, read_metrics, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs the real CLI
+
 POSTGRES_URL = os.environ.get("KDSWEEP_TEST_POSTGRES_URL")
 
 

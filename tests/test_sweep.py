@@ -6,8 +6,12 @@ import re
 
 import yaml
 
+import pytest
+
 from conftest import read_metrics, run_cli
 from kdsweep.selection import best_with_ties
+
+pytestmark = pytest.mark.slow  # every test here runs the real CLI
 
 
 def trial_folders(sweep_dir):
