@@ -148,8 +148,8 @@ def part2(workdir: Path, label: str, overrides: list[str], repeats: int) -> None
         trials = [json.loads(p.read_text()) for p in (workdir / name / f"warm{r}").glob("*/metrics.json")]
         assert len(trials) == 10
         lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[20")]
-        study_line = next(ln for ln in lines if "Study name" in ln)
-        best_line = next(ln for ln in lines if "Best value" in ln)
+        study_line = next(ln for ln in lines if "] Study " in ln)  # the sweeper's first line, once the study is open
+        best_line = next(ln for ln in lines if "] Best of " in ln)  # its last, the end-of-sweep summary
         runs.append((wall, sum(m["timings"]["train_seconds"] for m in trials),
                      (_log_time(study_line) - start).total_seconds(), (end - _log_time(best_line)).total_seconds()))
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -181,14 +181,24 @@ def part3(workdir: Path) -> None:
     print(f"python -c 'import torch'       {median_wall(['-c', 'import torch']):6.2f} s")
     print(f"python -m kdsweep.run --help   {median_wall(['-m', 'kdsweep.run', '--help']):6.2f} s")
     # What every sweep process pays before its first trial can train, whatever kdsweep does: torch,
-    # optuna 2.10 (which imports scipy.stats, matplotlib, sklearn, pandas, sqlalchemy as it loads) and
-    # torch._dynamo, which torch.optim imports when the first optimizer is built.
+    # optuna (2.10 imported scipy.stats, matplotlib, sklearn and pandas as it loaded; 4 and later do
+    # not), and torch._dynamo, which torch.optim imports when the first optimizer is built.
     libraries = "import gc, torch, optuna; torch.optim.Adam([torch.zeros(1, requires_grad=True)]); gc.freeze()"
     print(f"{'libraries a sweep imports':<31}{median_wall(['-c', libraries]):6.2f} s  (torch, optuna, torch._dynamo)")
+    print(f"{'python -c import optuna':<31}{median_wall(['-c', 'import optuna']):6.2f} s")
+    probe = "import sys, optuna; print(sorted(m for m in ('scipy', 'matplotlib', 'pandas', 'sklearn', 'sqlalchemy') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workdir).stdout.strip()
+    print(f"heavy modules imported by `import optuna` ({_optuna_version()}): {loaded}")
     probe = "import sys, kdsweep.run; print(sorted(m for m in ('torch', 'pandas', 'sklearn', 'optuna', 'matplotlib') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=workdir,
                             env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
     print(f"heavy modules imported by `import kdsweep.run`: {loaded}")
+
+
+def _optuna_version() -> str:
+    from importlib.metadata import version
+
+    return f"optuna {version('optuna')}"
 
 
 def main() -> None:

@@ -79,11 +79,21 @@ class TeacherSettings:
     max_shift: int
     seed: int
     checkpoint: str | None = None
+    logits: str | None = None  # a file of the teacher's logits: no teacher network at all
 
     def checked(self) -> TeacherSettings:
+        for key, value in (("teacher.checkpoint", self.checkpoint), ("teacher.logits", self.logits)):
+            _require(value is None or (isinstance(value, str) and value != ""), key, value, "a file path, or null")
+        if self.checkpoint and self.logits:
+            raise ConfigError(
+                f"teacher.checkpoint={self.checkpoint} and teacher.logits={self.logits} are both set; a teacher "
+                "is either a network (its state dict) or only its logits: set one of them to null.")
+        if self.logits:
+            return self  # nothing is trained or built: the teacher's schedule does not apply
         _check_schedule("model.teacher", self.epochs, self.batch_size, self.lr, self.weight_decay)
         _require(_is_int(self.max_shift) and self.max_shift >= 0, "model.teacher.max_shift",
                  self.max_shift, "an integer >= 0 (pixels)")
+        _require(_is_int(self.seed), "model.teacher.seed", self.seed, "an integer")
         return self
 
 

@@ -1,7 +1,12 @@
-"""Data sets as in-memory tensors: scikit-learn's digits and the IDX files of (Fashion-)MNIST."""
+"""Data sets as in-memory tensors: scikit-learn's digits and the IDX files of (Fashion-)MNIST.
+
+Your own data (a .npz/.pt file, or a function of yours) is read by kdsweep.own_data into the same
+`Dataset`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import importlib.util
@@ -28,8 +33,8 @@ DATA_SETS = ("digits", "fashion_mnist", "mnist")
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # float32, (N, C, H, W), values in [0, 1]
-    y: torch.Tensor  # int64, (N,)
+    x: torch.Tensor  # (N, ...): float32 (images (N, C, H, W), feature vectors (N, D)), or int64 token ids
+    y: torch.Tensor  # int64, (N,), class indices in [0, num_classes)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -45,13 +50,20 @@ class Dataset:
     val: Split
     test: Split
     num_classes: int
+    # Where each split's rows come from: split -> (the source's split name, row indices into it), and
+    # the source splits' sizes. A teacher's logits file is indexed by the source's rows (train, val
+    # where the source has one, test), so that a carved val set or a subset still finds its logits.
+    rows: dict[str, tuple[str, torch.Tensor]] | None = None
+    source_sizes: dict[str, int] | None = None
+    # A hash of the data's contents where the files or code behind `name` can change (own data).
+    fingerprint: str | None = None
 
     def to(self, device: torch.device) -> Dataset:
-        return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -95,6 +107,16 @@ def _to_split(images: np.ndarray, labels: np.ndarray, scale: float) -> Split:
 
 
 def load_digits_split(val_fraction: float, test_fraction: float, split_seed: int) -> Dataset:
+    n = 1797  # rows of the digits file read below
+    for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or round(n * value) < 1:
+            raise ConfigError(f"{key} must be a number in (0, 1) that leaves at least one of the 1,797 digits "
+                              f"in its split (>= {0.5 / n:.5f}), but got {key}={value!r}.")
+    if n - round(n * val_fraction) - round(n * test_fraction) < 1:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction must leave training examples, but got "
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} (sum {val_fraction + test_fraction})."
+        )
     # The CSV that sklearn.datasets.load_digits reads, read directly: importing sklearn costs a
     # second or more of every run's start-up, and the file is all we need from it.
     sklearn_dir = importlib.util.find_spec("sklearn").submodule_search_locations[0]
@@ -130,10 +152,10 @@ def load_idx_split(name: str, root: Path, val_size: int, split_seed: int) -> Dat
         if n_images != n_labels:
             raise DataError(f"{root}: {n_images} {part} images but {n_labels} {part} labels.")
     n_train = len(arrays["train_labels"])
-    if not 0 < val_size < n_train:
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < n_train:
         raise ConfigError(
             f"data.val_size must be between 1 and {n_train - 1} (the official train set holds "
-            f"{n_train} examples), but got data.val_size={val_size}."
+            f"{n_train} examples), but got data.val_size={val_size!r}."
         )
     train_idx, val_idx, _ = _split_indices(n_train, val_size, 0, split_seed)
     images, labels = arrays["train_images"], arrays["train_labels"]
@@ -165,8 +187,18 @@ def load_data(
         data = load_idx_split(name, Path(root), val_size, split_seed)
     else:
         raise ConfigError(f"unknown data set data.name={name!r}; choose one of {sorted(DATA_SETS)}.")
-    if subset is not None:
-        if subset < 1:
-            raise ConfigError(f"data.subset must be >= 1 or null (all), but got data.subset={subset}.")
-        data = Dataset(data.name, Split(data.train.x[:subset], data.train.y[:subset]), data.val, data.test, data.num_classes)
-    return data
+    rows = {split: (split, torch.arange(len(getattr(data, split)))) for split in ("train", "val", "test")}
+    data = dataclasses.replace(data, rows=rows, source_sizes={k: len(v[1]) for k, v in rows.items()})
+    return take_subset(data, subset)
+
+
+def take_subset(data: Dataset, subset: int | None) -> Dataset:
+    """The first `subset` training examples (all for None); val and test stay whole."""
+    if subset is None:
+        return data
+    if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+        raise ConfigError(f"data.subset must be an integer >= 1 or null (all), but got data.subset={subset!r}.")
+    rows = dict(data.rows or {})
+    if "train" in rows:
+        rows["train"] = (rows["train"][0], rows["train"][1][:subset])
+    return dataclasses.replace(data, train=Split(data.train.x[:subset], data.train.y[:subset]), rows=rows or None)

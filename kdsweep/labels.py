@@ -16,6 +16,7 @@ learns from the N labelled examples alone, see the same ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -96,7 +97,10 @@ def indices_digest(indices: torch.Tensor) -> str:
 
 def labelled_data(data: Dataset, indices: torch.Tensor) -> Dataset:
     """The data set whose training split is only the examples at `indices` (val and test unchanged)."""
-    return Dataset(data.name, Split(data.train.x[indices], data.train.y[indices]), data.val, data.test, data.num_classes)
+    rows = dict(data.rows or {})
+    if "train" in rows:  # the source rows of the kept examples, as `kdsweep.data` keeps them for a subset
+        rows["train"] = (rows["train"][0], rows["train"][1][indices.cpu()])
+    return dataclasses.replace(data, train=Split(data.train.x[indices], data.train.y[indices]), rows=rows or None)
 
 
 def labelled_mask(train_size: int, indices: torch.Tensor) -> torch.Tensor:

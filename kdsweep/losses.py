@@ -16,8 +16,14 @@ class LossParts:
 
 
 def teacher_log_probs(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(t / T): the teacher's softened targets, computed once per trial since T is fixed."""
-    return F.log_softmax(teacher_logits / temperature, dim=-1)
+    """log softmax(t / T): the teacher's softened targets, computed once per trial since T is fixed.
+
+    A logit of -inf (a class the teacher rules out) is a probability of exactly 0. Its log-probability
+    is returned as the most negative finite float rather than -inf, so that every KL written as
+    p * (log p - log q) gives 0 * finite = 0 for it, where 0 * -inf would be NaN.
+    """
+    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)
+    return log_p.clamp_min(torch.finfo(log_p.dtype).min)
 
 
 def kd_loss_from_log_probs(
@@ -27,8 +33,14 @@ def kd_loss_from_log_probs(
     temperature: float,
     alpha: float,
 ) -> LossParts:
-    """`kd_loss` with the teacher's softened log-probabilities already computed."""
+    """`kd_loss` with the teacher's softened log-probabilities already computed by `teacher_log_probs`.
+
+    They must be finite: `teacher_log_probs` gives a class of teacher probability 0 the most negative
+    finite float, where a raw -inf would make the KL NaN.
+    """
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    # kl_div computes exp(log p) * (log p - log q): NaN for log p = -inf, hence the finite floor that
+    # `teacher_log_probs` puts on a ruled-out class (0 * finite = 0).
     kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
     # T^2 keeps the soft term's gradients on the same scale as the hard term's for every T.
     soft = temperature**2 * kl

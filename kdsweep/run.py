@@ -11,10 +11,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
@@ -49,35 +51,80 @@ def pruning_from_hydra() -> PruningSettings | None:
     return pruning_settings(node, report_every, trial, dict(os.environ))
 
 
+def _factory(node: DictConfig, key: str) -> Callable[..., Any]:
+    """instantiate(node, _partial_=True), with an import failure reported as one paragraph naming `key`."""
+    from kdsweep.errors import ConfigError
+
+    try:
+        return instantiate(node, _partial_=True)
+    except InstantiationException as e:
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        cause = " ".join(str(e).split())
+        raise ConfigError(
+            f"{key}._target_={target} cannot be imported: {cause[:400]} The module must be importable from "
+            "where you run kdsweep: run from its folder with `python -m kdsweep.run`, or add its folder to "
+            "PYTHONPATH.") from None
+
+
+def _plain(node: DictConfig, key: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The node's values for a settings dataclass; a key it does not know is an error naming it."""
+    from kdsweep.errors import ConfigError
+
+    values = OmegaConf.to_container(node, resolve=True)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{key} holds {unknown}, which kdsweep does not know; the keys of {key} are {sorted(fields)}.")
+    return values
+
+
 def settings_from_config(cfg: DictConfig) -> TrialSettings:
     """The seam between Hydra and code: plain checked values, and factories for the `_target_` leaves."""
     # Imported here, not at the top: they import torch (1-2 s), which `--help` and -c job never use.
+    from dataclasses import fields
+
     from kdsweep.config import LossSettings, TeacherSettings, TrainSettings, resolve_device
+    from kdsweep.errors import ConfigError
     from kdsweep.trial import TrialSettings
 
+    for key, ok, allowed in (("seed", isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "an integer"),
+                             ("baseline", isinstance(cfg.baseline, bool), "true or false"),
+                             ("cache_dir", isinstance(cfg.cache_dir, str) and cfg.cache_dir != "", "a folder path")):
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}, but got {key}={cfg[key]!r}.")
     loss = LossSettings(cfg.loss.name, cfg.loss.temperature, cfg.loss.alpha).checked()
-    train = TrainSettings(**{k: v for k, v in cfg.train.items() if k != "optimizer"}).checked()
+    train_fields = tuple(f.name for f in fields(TrainSettings))
+    train_values = _plain(cfg.train, "train", (*train_fields, "optimizer"))
+    train = TrainSettings(**{k: v for k, v in train_values.items() if k != "optimizer"}).checked()
     teacher_node = cfg.model.teacher
-    teacher = TeacherSettings(
-        **{k: v for k, v in teacher_node.items() if k != "net"}, checkpoint=cfg.teacher.checkpoint
-    ).checked()
+    paths = {k: (to_absolute_path(v) if isinstance(v, str) and v else v) for k, v in cfg.teacher.items()}
+    schedule = {k: v for k, v in _plain(teacher_node, "model.teacher", ("net", *(f.name for f in fields(TeacherSettings)))).items()
+                if k != "net"}
+    teacher = TeacherSettings(**{f.name: None for f in fields(TeacherSettings)} | schedule | paths).checked()
+    if teacher.logits is None and teacher_node.get("net") is None:
+        raise ConfigError("model.teacher.net is null, so there is no teacher network: give the teacher's logits "
+                          "with teacher.logits=PATH, or choose a model pair with a teacher network (e.g. model=cnn).")
     # data.*_epochs only feed the epochs' defaults; they do not change the data.
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if not k.endswith("_epochs")}
+    if data.get("source") == "file" and isinstance(data.get("path"), str):
+        data["path"] = to_absolute_path(data["path"])
+    make_data = _factory(cfg.data.loader, "data.loader") if data.get("source") == "function" and cfg.data.get("loader") else None
+    use_teacher_net = loss.name == "kd" and teacher.logits is None
     return TrialSettings(
         data=data,
         loss=loss,
         train=train,
         teacher=teacher,
-        teacher_arch=OmegaConf.to_container(teacher_node.net, resolve=True),
+        teacher_arch=OmegaConf.to_container(teacher_node.net, resolve=True) if teacher_node.get("net") is not None else None,
         student_arch=OmegaConf.to_container(cfg.model.student, resolve=True),
         optimizer=OmegaConf.to_container(cfg.train.optimizer, resolve=True),
-        make_teacher=instantiate(teacher_node.net, _partial_=True),
-        make_student=instantiate(cfg.model.student, _partial_=True),
+        make_teacher=_factory(teacher_node.net, "model.teacher.net") if use_teacher_net else None,
+        make_student=_factory(cfg.model.student, "model.student"),
         make_optimizer=instantiate(cfg.train.optimizer),
         seed=int(cfg.seed),
         cache_dir=Path(to_absolute_path(cfg.cache_dir)),
         baseline=bool(cfg.baseline),
         device=resolve_device(train.device),
+        make_data=make_data,
         pruning=pruning_from_hydra(),
     )
 

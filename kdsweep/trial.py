@@ -23,14 +23,15 @@ from torch import nn
 
 from kdsweep import cache
 from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
-from kdsweep.data import Dataset, load_data
-from kdsweep.errors import TrialPruned
+from kdsweep.data import Dataset
+from kdsweep.errors import ConfigError, DataError, TrialPruned
 from kdsweep.labels import (indices_digest, labelled_count, labelled_data, labelled_indices, labelled_mask,
                             partly_labelled_kd_loss)
 from kdsweep.losses import LossParts, ce_loss, kd_loss_from_log_probs, teacher_log_probs
 from kdsweep.metrics import accuracy, agreement, predict_logits
-from kdsweep.models import count_parameters
-from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint
+from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
+from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
+from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
 from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
 
 if TYPE_CHECKING:
@@ -46,11 +47,12 @@ NetFactory = Callable[..., nn.Module]
 class TrialSettings:
     """Everything that determines one trial, as plain values and factories."""
 
-    data: dict[str, Any]  # keyword arguments of kdsweep.data.load_data
+    data: dict[str, Any]  # the data node as plain values (kdsweep.own_data.load_dataset's spec)
     loss: LossSettings
     train: TrainSettings
     teacher: TeacherSettings
-    teacher_arch: dict[str, Any]  # the teacher's and student's config nodes, for cache keys and reports
+    teacher_arch: dict[str, Any] | None  # the networks' config nodes, for cache keys and reports (None:
+    # a teacher that is only its logits)
     student_arch: dict[str, Any]
     optimizer: dict[str, Any]
     make_teacher: NetFactory
@@ -60,6 +62,7 @@ class TrialSettings:
     cache_dir: Path
     baseline: bool
     device: torch.device
+    make_data: Callable[[], Any] | None = None  # the user's data function, for data.source=function
     pruning: PruningSettings | None = None  # the Optuna trial to report to; None: train every epoch
 
     @property
@@ -104,19 +107,36 @@ def train_network(
     )
 
 
+def data_spec(settings: TrialSettings, data: Dataset) -> dict[str, Any]:
+    """The data's part of a cache key: its config, and a hash of its contents where they can change."""
+    return settings.data if data.fingerprint is None else {**settings.data, "fingerprint": data.fingerprint}
+
+
+def network_spec(arch: dict[str, Any], factory: NetFactory) -> dict[str, Any]:
+    """A network's part of a cache key: its config node, and a hash of the code that defines it."""
+    return {**arch, "code": code_fingerprint(factory)}
+
+
 def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherLogits, dict[str, Any]]:
     """The frozen teacher's logits on train/val/test, and facts about where the teacher came from."""
     t = settings.teacher
+    if t.logits:
+        return _teacher_logits_from_file(settings, data)
     # "logits": entries hold the teacher's logits too (older entries, weights only, are not reused).
-    spec = {"data": settings.data, "arch": settings.teacher_arch, "train": asdict(t), "optimizer": settings.optimizer,
-            "logits": True}
+    spec = {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
+            "train": asdict(t), "optimizer": settings.optimizer, "logits": True}
     key = cache.spec_key(spec)
     if key in _TEACHER_LOGITS:
         logits, info = _TEACHER_LOGITS[key]
         return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
     start = time.perf_counter()
     torch.manual_seed(t.seed)  # the teacher's initial weights, whether it is trained or loaded
-    net = settings.make_teacher(input_shape=data.input_shape, num_classes=data.num_classes).to(settings.device)
+    net = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes).to(settings.device)
+    check_outputs(net, "model.teacher.net", data.train.x[:2], data.num_classes)  # data are on the device too
+    if t.max_shift and not (data.train.x.ndim == 4 and data.train.x.is_floating_point()):
+        raise ConfigError(f"model.teacher.max_shift={t.max_shift} shifts images, but the data's inputs have shape "
+                          f"{data.input_shape} and dtype {data.train.x.dtype}, not float images (C, H, W); set "
+                          "model.teacher.max_shift=0.")
     if t.checkpoint:
         load_checkpoint(net, Path(t.checkpoint))
         logits, source = compute_logits(freeze(net), data), "checkpoint"
@@ -140,7 +160,34 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
         source = "cache" if hit else "trained"
     info = {
         "teacher_source": source,
+        "teacher_arch": settings.teacher_arch["_target_"].rsplit(".", 1)[-1],
         "teacher_params": count_parameters(net),
+        "teacher_val_acc": accuracy(logits.val, data.val.y),
+        "teacher_test_acc": accuracy(logits.test, data.test.y),
+        "teacher_seconds": time.perf_counter() - start,
+    }
+    _TEACHER_LOGITS[key] = (logits, info)
+    return logits, info
+
+
+def _teacher_logits_from_file(settings: TrialSettings, data: Dataset) -> tuple[TeacherLogits, dict[str, Any]]:
+    """teacher.logits=PATH: a teacher that is only its outputs; no network is built."""
+
+    start = time.perf_counter()
+    path = Path(settings.teacher.logits)
+    if not path.is_file():
+        raise DataError(f"teacher.logits={path} does not exist or is not a file.")
+    key = cache.spec_key({"data": data_spec(settings, data), "logits_file": str(path.resolve()),
+                          "contents": file_fingerprint(path, index_dir_for(settings.cache_dir))})
+    if key in _TEACHER_LOGITS:
+        logits, info = _TEACHER_LOGITS[key]
+        return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
+    loaded = load_logits_file(path, data)
+    logits = TeacherLogits(*(x.to(settings.device) for x in (loaded.train, loaded.val, loaded.test)))
+    info = {
+        "teacher_source": "logits",
+        "teacher_arch": None,
+        "teacher_params": None,
         "teacher_val_acc": accuracy(logits.val, data.val.y),
         "teacher_test_acc": accuracy(logits.test, data.test.y),
         "teacher_seconds": time.perf_counter() - start,
@@ -152,7 +199,12 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
 def trial_inputs(settings: TrialSettings) -> TrialInputs:
     """Data on the trial's device, and the teacher's logits where the loss needs a teacher."""
     start = time.perf_counter()
-    data = load_data(**settings.data).to(settings.device)
+    data = load_dataset(settings.data, settings.make_data, index_dir_for(settings.cache_dir))
+    # The student is built and run on two examples before any training, so that a student that does
+    # not fit the data fails at once, not after the teacher has trained.
+    check_outputs(build_network(settings.make_student, "model.student", data.input_shape, data.num_classes),
+                  "model.student", data.train.x[:2], data.num_classes)
+    data = data.to(settings.device)
     timings: dict[str, Any] = {"data_seconds": time.perf_counter() - start}
     # Checked before the teacher trains: a bad train.labels costs nothing.
     count = labelled_count(settings.train.labels, len(data.train), settings.data["name"])
@@ -166,7 +218,7 @@ def trial_inputs(settings: TrialSettings) -> TrialInputs:
 
 def new_student(settings: TrialSettings, data: Dataset) -> nn.Module:
     torch.manual_seed(settings.seed)  # same seed, same initial weights: KD and baseline runs are paired
-    return settings.make_student(input_shape=data.input_shape, num_classes=data.num_classes).to(settings.device)
+    return build_network(settings.make_student, "model.student", data.input_shape, data.num_classes).to(settings.device)
 
 
 def student_view(
@@ -216,8 +268,8 @@ def get_baseline(settings: TrialSettings, data: Dataset, labelled: torch.Tensor 
     labelled: indices into data.train of the labelled examples (train.labels): the baseline learns
     from those alone, whatever the distilled student's transfer set; None: from all of data.train.
     """
-    spec = {"data": settings.data, "arch": settings.student_arch, "train": settings.student_schedule,
-            "optimizer": settings.optimizer}
+    spec = {"data": data_spec(settings, data), "arch": network_spec(settings.student_arch, settings.make_student),
+            "train": settings.student_schedule, "optimizer": settings.optimizer}
     if labelled is not None:  # only then: the specs (and cached baselines) of fully labelled runs stay as they were
         spec["labelled"] = {"count": len(labelled), "indices": indices_digest(labelled)}
         data = labelled_data(data, labelled)
@@ -280,7 +332,7 @@ def finish_trial(
             "student_width": arch.get("width"),
             "student_depth": arch.get("depth"),
             "student_params": count_parameters(student),
-            "teacher_arch": settings.teacher_arch["_target_"].rsplit(".", 1)[-1] if inputs.teacher_logits is not None else None,
+            "teacher_arch": inputs.teacher_info.get("teacher_arch"),
             "teacher_params": inputs.teacher_info.get("teacher_params"),
             "seed": settings.seed,
             "epochs": settings.train.epochs,

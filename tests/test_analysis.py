@@ -1,6 +1,11 @@
 """kdsweep.analysis end to end: the command line (with folders, with none, with a study's storage), the
 plots, and both notebooks, against hand-built trials and against small real sweeps."""
 
+# Tolerances: the analysis computes in float64 from a handful of hand-given numbers (a few dozen
+# operations, rounding ~1e-16 each), so pytest.approx's default (rel 1e-6) and the abs= bounds below
+# only absorb the float32 rounding (~6e-8) of accuracies stored the way older metrics.json files hold
+# them; a wrong count of one image moves a value by 1/359 = 2.8e-3, thousands of times more.
+
 from __future__ import annotations
 
 import contextlib

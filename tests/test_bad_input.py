@@ -22,6 +22,9 @@ from conftest import read_metrics, run_cli
 from kdsweep.data import IDX_FILES
 from kdsweep.models import MLP
 
+# An MLP teacher that takes any input shape, for the feature-vector files below.
+FEATURES = ["model=mlp", "model.student.width=16"]
+
 CASES = {
     "temperature zero": (["loss.temperature=0"], "loss.temperature must be a number > 0", "loss.temperature=0"),
     "temperature negative": (["loss.temperature=-1"], "loss.temperature must be a number > 0", "loss.temperature=-1"),
@@ -30,12 +33,12 @@ CASES = {
     "epochs zero": (["train.epochs=0"], "train.epochs must be an integer >= 1", "train.epochs=0"),
     "teacher epochs zero": (["model.teacher.epochs=0"], "model.teacher.epochs must be an integer >= 1", "=0"),
     "batch size zero": (["train.batch_size=0"], "train.batch_size must be an integer >= 1", "train.batch_size=0"),
+    "unknown data": (["data=cifar"], "Could not find 'data/cifar'", "Available options in 'data':\n\tarrays\n\tdigits\n\tfashion_mnist\n\tfunction\n\tmnist"),
     "no labels": (["train.labels=0"], "train.labels must be null", "train.labels=0"),
     "more labels than examples": (["train.labels=5000"], "train.labels=5000 asks for 5000 labelled examples",
                                   "the training set of data.name=digits holds 1079"),
     "unknown transfer set": (["train.labels=50", "train.transfer_set=both"], "train.transfer_set must be one of ['all', 'labelled']",
                              "train.transfer_set='both'"),
-    "unknown data": (["data=cifar"], "Could not find 'data/cifar'", "Available options in 'data':\n\tdigits\n\tfashion_mnist\n\tmnist"),
     "unknown model": (["model=resnet"], "Could not find 'model/resnet'", "Available options in 'model':\n\tcnn\n\thinton\n\tmlp"),
     "unknown loss": (["loss=mse"], "Could not find 'loss/mse'", "Available options in 'loss':\n\tce\n\tkd"),
     "missing data file": (["data=fashion_mnist", "data.root=/nonexistent"], "data.root=/nonexistent", "apt-get install dataset-fashion-mnist"),
@@ -58,6 +61,65 @@ CASES = {
                                     "torch.save(model.state_dict(), path)"),
     "read-only output folder": (["hydra.run.dir={inputs}/ro/run"], "hydra.run.dir={inputs}/ro/run cannot be written",
                                 "Set hydra.run.dir to a writable folder"),
+    # Your own data, models and teacher outputs (issue 13): every case is refused before any training.
+    "digits val_fraction zero": (["data.val_fraction=0"], "data.val_fraction must be a number in (0, 1)", "data.val_fraction=0"),
+    "digits fractions leave no train": (["data.val_fraction=0.6", "data.test_fraction=0.4"],
+                                        "must leave training examples", "data.test_fraction=0.4"),
+    "seed not an integer": (["seed=1.5"], "seed must be an integer", "seed=1.5"),
+    "student width not a number": (["model.student.width=abc"], "model.student.width must be int", "model.student.width='abc'"),
+    "user class given kdsweep's MLP keys": (["model.student._target_=mymodels.TinyNet"],
+                                            "model.student holds ['depth', 'dropout', 'width'], which mymodels.TinyNet does not take",
+                                            "model/student=NAME"),
+    "student target not importable": (["model.student._target_=nomodule.Net"], "model.student._target_=nomodule.Net cannot be imported",
+                                       "PYTHONPATH"),
+    "student output of the wrong shape": (["model.student._target_=mymodels.FiveWay"],
+                                          "must return logits of shape (batch, 10)", "returned (2, 5)"),
+    "data file missing": (["data=arrays", "data.path={inputs}/none.npz"], "data.path={inputs}/none.npz does not exist", "not a file"),
+    "data file of another format": (["data=arrays", "data.path={inputs}/data.csv"], "must end in .npz", "or .pt"),
+    "data .pt file that is a pickle": (["data=arrays", "data.path={inputs}/pickle.pt"], "cannot be loaded with weights_only=True",
+                                       "torch.save({{'x_train': ..., ...}}, path)"),
+    "data missing a key": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES], "lacks ['y_test']", "it holds ["),
+    "x and y rows disagree": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES],
+                              "y_train must hold one label per row of x_train, shape (60,)", "but has shape (59,)"),
+    "labels outside the classes": (["data=arrays", "data.path={inputs}/data.npz", "data.num_classes=3", *FEATURES],
+                                   "labels must lie in [0, 3)", "they run from 0 to 4"),
+    "labels of a float dtype": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES],
+                                "y_train must hold integer class indices", "dtype float32"),
+    "inputs of a wrong dtype": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES],
+                                "x_train must be a float array (features, images) or an integer array (token ids)", "dtype bool"),
+    "NaN input": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES], "x_train holds 1 NaN or infinite values", "must be finite"),
+    "infinite input": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES], "x_test holds 2 NaN or infinite values", "must be finite"),
+    "empty split": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES], "x_test must hold one row per example",
+                    "shape (0, 6)"),
+    "test rows overlap train": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES],
+                                "5 of the 20 rows of x_test are also rows of x_train", "data.allow_overlap=true"),
+    "carved val leaves no train": (["data=arrays", "data.path={inputs}/data.npz", "data.val_size=60", *FEATURES],
+                                   "must leave at least one row in each of train and val", "give 60 val rows"),
+    "standardising token ids": (["data=arrays", "data.path={inputs}/data.npz", "data.standardize=true", "data.allow_overlap=true", *FEATURES],
+                                "data.standardize=true needs float inputs", "set data.standardize=false"),
+    "CNN teacher on feature vectors": (["data=arrays", "data.path={inputs}/data.npz"], "SmallCNN needs images",
+                                       "input shape is (6,)"),
+    "image shifts on feature vectors": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES, "model.teacher.max_shift=1"],
+                                        "model.teacher.max_shift=1 shifts images", "set model.teacher.max_shift=0"),
+    "data function that raises": (["data=function", "data.loader._target_=mymodels.broken_data"],
+                                  "data.loader._target_=mymodels.broken_data raised ValueError", "no data here"),
+    "logits rows disagree with data rows": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES,
+                                             "teacher.logits={inputs}/logits.npz"],
+                                            "'train' must have shape (60, 5)", "but has shape (59, 5)"),
+    "logits columns disagree with the class count": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES,
+                                                      "teacher.logits={inputs}/logits.npz"],
+                                                     "'test' must have shape (20, 5)", "but has shape (20, 4)"),
+    "NaN logits": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES, "teacher.logits={inputs}/logits.npz"],
+                   "holds 1 NaN or +inf values and 0 rows of only -inf", "or -inf for a class the teacher rules out"),
+    "a logits row of only -inf": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES, "teacher.logits={inputs}/logits.npz"],
+                                  "holds 0 NaN or +inf values and 1 rows of only -inf", "(not every class)"),
+    "logits file lacks val the data has": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES,
+                                            "teacher.logits={inputs}/logits.npz"], "lacks ['val']", "it holds ['test', 'train']"),
+    "logits and checkpoint both": (["teacher.logits={inputs}/logits.npz", "teacher.checkpoint={inputs}/mlp.pt"],
+                                   "are both set", "set one of them to null"),
+    "DataParallel checkpoint of another architecture": (["teacher.checkpoint={inputs}/dp.pt"],
+                                                        "does not fit the architecture of model.teacher.net (SmallCNN)",
+                                                        "choose the model whose teacher"),
 }
 
 
@@ -120,7 +182,117 @@ def read_only_folder(inputs: Path) -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=True)
 
 
+def features(**changes: np.ndarray | None) -> dict[str, np.ndarray]:
+    """60 train and 20 test rows of 6 features, 5 classes; `changes` replace (None: drop) arrays."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(60, 6)).astype(np.float32), "y_train": np.arange(60) % 5,
+              "x_test": rng.normal(size=(20, 6)).astype(np.float32), "y_test": np.arange(20) % 5}
+    arrays.update(changes)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+def logits(**changes: np.ndarray | None) -> dict[str, np.ndarray]:
+    arrays = {"train": np.zeros((60, 5), np.float32), "test": np.zeros((20, 5), np.float32)}
+    arrays.update(changes)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+MYMODELS = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden=8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class FiveWay(nn.Module):
+    def __init__(self, **ignored):
+        super().__init__()
+        self.linear = nn.Linear(64, 5)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def broken_data():
+    raise ValueError("no data here")
+"""
+
+
+def own_files(data: dict[str, np.ndarray] | None = None, teacher: dict[str, np.ndarray] | None = None):
+    @contextlib.contextmanager
+    def setup(inputs: Path) -> Iterator[None]:
+        (inputs.parent / "mymodels.py").write_text(MYMODELS)  # importable: the CLI runs from tmp_path
+        if data is not None:
+            np.savez(inputs / "data.npz", **data)
+        if teacher is not None:
+            np.savez(inputs / "logits.npz", **teacher)
+        (inputs / "data.csv").write_text("x,y\n1,0\n")
+        torch.save({"x_train": MLP((6,), 5)}, inputs / "pickle.pt")
+        yield
+
+    return setup
+
+
+def with_nan(shape: tuple[int, ...], index: tuple[int, ...], value: float) -> np.ndarray:
+    array = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    array[index] = value
+    return array
+
+
+@contextlib.contextmanager
+def data_parallel_checkpoint(inputs: Path) -> Iterator[None]:
+    state = MLP((1, 8, 8), 10, width=32).state_dict()
+    torch.save({f"module.{k}": v for k, v in state.items()}, inputs / "dp.pt")
+    yield
+
+
+def overlapping_test() -> dict[str, np.ndarray]:
+    arrays = features()
+    arrays["x_test"][:5] = arrays["x_train"][10:15]
+    return arrays
+
+
+def minus_inf_row() -> np.ndarray:
+    array = np.zeros((60, 5), np.float32)
+    array[7] = -np.inf
+    return array
+
+
 SETUP = {
+    "user class given kdsweep's MLP keys": own_files(),
+    "student output of the wrong shape": own_files(),
+    "data file of another format": own_files(),
+    "data .pt file that is a pickle": own_files(),
+    "data missing a key": own_files(features(y_test=None)),
+    "x and y rows disagree": own_files(features(y_train=np.arange(59) % 5)),
+    "labels outside the classes": own_files(features()),
+    "labels of a float dtype": own_files(features(y_train=(np.arange(60) % 5).astype(np.float32))),
+    "inputs of a wrong dtype": own_files(features(x_train=np.ones((60, 6), bool))),
+    "NaN input": own_files(features(x_train=with_nan((60, 6), (3, 2), np.nan))),
+    "infinite input": own_files(features(x_test=with_nan((20, 6), (slice(0, 2), 0), np.inf))),
+    "empty split": own_files(features(x_test=np.zeros((0, 6), np.float32), y_test=np.zeros(0, np.int64))),
+    "test rows overlap train": own_files(overlapping_test()),
+    "carved val leaves no train": own_files(features()),
+    "standardising token ids": own_files(features(x_train=np.ones((60, 6), np.int64), x_test=np.ones((20, 6), np.int64))),
+    "CNN teacher on feature vectors": own_files(features()),
+    "image shifts on feature vectors": own_files(features()),
+    "data function that raises": own_files(),
+    "logits rows disagree with data rows": own_files(features(), logits(train=np.zeros((59, 5), np.float32))),
+    "logits columns disagree with the class count": own_files(features(), logits(test=np.zeros((20, 4), np.float32))),
+    "NaN logits": own_files(features(), logits(test=with_nan((20, 5), (4, 1), np.nan))),
+    "a logits row of only -inf": own_files(features(), logits(train=minus_inf_row())),
+    "logits file lacks val the data has": own_files(
+        features(x_val=np.random.default_rng(2).normal(size=(10, 6)).astype(np.float32), y_val=np.arange(10) % 5), logits()),
+    "logits and checkpoint both": checkpoints,
+    "DataParallel checkpoint of another architecture": data_parallel_checkpoint,
+
     "truncated IDX file": truncated_idx,
     "wrong IDX magic number": wrong_magic,
     "checkpoint of another architecture": checkpoints,
@@ -133,6 +305,11 @@ def test_the_table_holds_at_least_15_cases():
     assert len(CASES) >= 15
 
 
+def test_every_setup_belongs_to_a_case():
+    assert set(SETUP) <= set(CASES)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_with_a_clear_message(tmp_path, tiny, name):
     overrides, message, detail = CASES[name]
@@ -148,11 +325,13 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, tiny, name):
     output = proc.stdout + proc.stderr
     assert message in output and detail in output
     assert "Traceback" not in output and "hunter2" not in output
+    assert "training the" not in output  # refused before any teacher, baseline or student trained
     assert not leftovers
     for folder in ("run", "cache", "sweep", "outputs"):  # no run, no cache entry, no trial, no study
         assert not (tmp_path / folder).exists(), folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "another spec"])
 def test_a_corrupt_cache_entry_is_detected_and_rebuilt_with_a_warning(tmp_path, tiny, damage):
     run_cli(tmp_path, *tiny)

@@ -15,6 +15,10 @@ from omegaconf import OmegaConf
 from conftest import CONF
 
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
+# The user's own data (a file, a function) needs a path or a target: composed with one below.
+OWN_DATA = {"arrays": "data.path=my.npz", "function": "data.loader._target_=numpy.load"}
+BUILT_IN = {"data": [d for d in GROUPS["data"] if d not in OWN_DATA], "model": GROUPS["model"], "loss": GROUPS["loss"]}
+NETS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("model/student", "model/teacher/net")}
 INPUT_SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28)}
 
 
@@ -24,10 +28,26 @@ def compose_config(*overrides: str, return_hydra_config: bool = False):
 
 
 def test_each_group_holds_the_files_the_docs_name():
-    assert GROUPS == {"data": ["digits", "fashion_mnist", "mnist"], "model": ["cnn", "hinton", "mlp"], "loss": ["ce", "kd"]}
+    assert GROUPS == {"data": ["arrays", "digits", "fashion_mnist", "function", "mnist"], "model": ["cnn", "hinton", "mlp"],
+                      "loss": ["ce", "kd"]}
+    assert NETS == {"model/student": ["mlp", "mlp_hinton", "mlp_tutorial"],
+                    "model/teacher/net": ["mlp_hinton", "mlp_tutorial", "small_cnn"]}
 
 
-@pytest.mark.parametrize("data,model,loss", list(itertools.product(*GROUPS.values())))
+@pytest.mark.parametrize("data", list(OWN_DATA))
+def test_own_data_options_compose_with_their_one_required_key(data):
+    container = OmegaConf.to_container(compose_config(f"data={data}", OWN_DATA[data]), resolve=True)
+    assert container["data"]["source"] == {"arrays": "file", "function": "function"}[data]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in NETS.items() for o in options])
+def test_every_network_option_composes_into_its_node_alone(group, option):
+    cfg = compose_config(f"{group}={option}")
+    node = OmegaConf.select(cfg, group.replace("/", "."))
+    assert set(node) == {"_target_"} | set(yaml.safe_load((CONF / group / f"{option}.yaml").read_text())) - {"_target_"}
+
+
+@pytest.mark.parametrize("data,model,loss", list(itertools.product(*BUILT_IN.values())))
 def test_every_combination_composes_and_resolves(data, model, loss):
     cfg = compose_config(f"data={data}", f"model={model}", f"loss={loss}")
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -36,7 +56,7 @@ def test_every_combination_composes_and_resolves(data, model, loss):
     assert container["model"]["teacher"]["epochs"] == container["data"]["teacher_epochs"]
 
 
-@pytest.mark.parametrize("data,model", list(itertools.product(GROUPS["data"], GROUPS["model"])))
+@pytest.mark.parametrize("data,model", list(itertools.product(BUILT_IN["data"], GROUPS["model"])))
 def test_every_pair_builds_for_its_data_shape(data, model):
     cfg = compose_config(f"data={data}", f"model={model}")
     shape = INPUT_SHAPES[data]
@@ -60,17 +80,48 @@ def test_the_default_is_a_cnn_teacher_and_an_mlp_student_on_digits():
 
 def test_the_sweeper_has_every_option_written_out():
     sweeper = compose_config(return_hydra_config=True).hydra.sweeper
-    # kdsweep's own thin sweeper on top of the official one (hydra_plugins/kdsweep_sweeper).
+    # kdsweep's own sweeper (hydra_plugins/kdsweep_sweeper), on Optuna's public API.
     assert sweeper._target_ == "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KDSweepSweeper"
     written = yaml.safe_load((CONF / "hydra" / "sweeper" / "kdsweep.yaml").read_text())
     from hydra_plugins.kdsweep_sweeper.config import KDSweepSweeperConf
 
-    assert set(written) == {f.name for f in dataclasses.fields(KDSweepSweeperConf)} - {"_target_"}
+    fields = {f.name for f in dataclasses.fields(KDSweepSweeperConf)} - {"_target_", "_recursive_"}
+    # Every option is written out; the sampler is chosen in the defaults list, its options in its own file.
+    assert set(written) - {"defaults"} == fields - {"sampler"} and {"sampler": "tpe"} in written["defaults"]
     assert sweeper.storage is None and sweeper.study_name is None  # sqlite under outputs/, named after the experiment
     assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("maximize", 20, 1)
     assert 0 < sweeper.max_failure_rate < 1
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
     assert dict(sweeper.params) == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
+
+
+def test_an_official_optuna_sweeper_config_works_with_one_line_changed(tmp_path):
+    # The official plugin's example config (hydra-optuna-sweeper's sphere.yaml), as a study preset;
+    # only `override hydra/sweeper: optuna` became `kdsweep`.
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "official.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n"
+        "  - override /hydra/sweeper: kdsweep\n"
+        "  - override /hydra/sweeper/sampler: tpe\n"
+        "hydra:\n"
+        "  sweeper:\n"
+        "    sampler:\n"
+        "      seed: 123\n"
+        "    direction: maximize\n"
+        "    study_name: sphere\n"
+        "    storage: null\n"
+        "    n_trials: 20\n"
+        "    n_jobs: 1\n"
+        "    max_failure_rate: 0.0\n"
+        "    params:\n"
+        "      loss.temperature: range(1, 16, step=5)\n"
+        "      loss.alpha: choice(0.3, 0.5)\n"
+    )
+    sweeper = compose_config(f"hydra.searchpath=[file://{tmp_path}]", "+study=official", return_hydra_config=True).hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KDSweepSweeper"
+    assert (sweeper.sampler.seed, sweeper.study_name, sweeper.max_failure_rate) == (123, "sphere", 0.0)
+    assert dict(sweeper.params) == {"loss.temperature": "range(1, 16, step=5)", "loss.alpha": "choice(0.3, 0.5)"}
 
 
 def test_the_basic_sweeper_replaces_optuna_for_grids():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -124,3 +125,97 @@ def test_real_fashion_mnist_loads_with_the_official_sizes():
     assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
     assert data.num_classes == 10 and data.input_shape == (1, 28, 28)
     assert 0.0 <= data.train.x.min() and data.train.x.max() <= 1.0
+
+
+# ----------------------------------------------------------------- your own data (kdsweep.own_data)
+
+from kdsweep.own_data import dataset_from_arrays, file_fingerprint, load_dataset  # noqa: E402
+
+OWN = {"name": "mine", "source": "file", "val_size": None, "val_fraction": 0.25, "split_seed": 0,
+       "num_classes": None, "standardize": False, "allow_overlap": False, "subset": None}
+
+
+def own_arrays(n_train: int = 40, n_test: int = 10, shape: tuple[int, ...] = (3,)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.normal(size=(n_train, *shape)).astype(np.float64), "y_train": np.arange(n_train) % 4,
+            "x_test": rng.normal(size=(n_test, *shape)).astype(np.float64), "y_test": np.arange(n_test) % 4}
+
+
+def test_an_npz_and_a_pt_file_of_the_same_arrays_give_the_same_data(tmp_path):
+    arrays = own_arrays()
+    np.savez(tmp_path / "d.npz", **arrays)
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp_path / "d.pt")
+    a = load_dataset({**OWN, "path": str(tmp_path / "d.npz")})
+    b = load_dataset({**OWN, "path": str(tmp_path / "d.pt")})
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(a, split).x, getattr(b, split).x) and torch.equal(getattr(a, split).y, getattr(b, split).y)
+    assert a.num_classes == 4 and a.input_shape == (3,) and a.train.x.dtype == torch.float32
+    # float64 features become float32 unscaled: the values are the file's, to float32 rounding.
+    assert torch.equal(a.test.x, torch.from_numpy(arrays["x_test"]).float())
+
+
+def test_val_is_carved_from_train_deterministically_and_partitions_it():
+    arrays = own_arrays()
+    data = dataset_from_arrays(arrays, OWN, "test")
+    again = dataset_from_arrays(arrays, OWN, "test")
+    other = dataset_from_arrays(arrays, {**OWN, "split_seed": 1}, "test")
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 10)  # 0.25 of 40 rows
+    assert torch.equal(data.val.x, again.val.x) and not torch.equal(data.val.x, other.val.x)
+    rows = sorted(data.rows["train"][1].tolist() + data.rows["val"][1].tolist())
+    assert rows == list(range(40)) and data.rows["val"][0] == "train"
+    assert torch.equal(data.val.x, torch.from_numpy(arrays["x_train"][data.rows["val"][1].numpy()]).float())
+    assert len(dataset_from_arrays(arrays, {**OWN, "val_size": 7}, "test").val) == 7
+
+
+def test_a_files_own_val_split_is_used_as_it_is():
+    arrays = own_arrays() | {"x_val": np.ones((5, 3)), "y_val": np.array([0, 1, 2, 3, 0])}
+    data = dataset_from_arrays(arrays, OWN, "test")
+    assert (len(data.train), len(data.val)) == (40, 5) and torch.equal(data.val.x, torch.ones(5, 3))
+
+
+def test_token_ids_stay_integers_and_images_keep_their_shape():
+    tokens = {"x_train": np.arange(40 * 7).reshape(40, 7) % 50, "y_train": np.arange(40) % 2,
+              "x_test": (np.arange(10 * 7).reshape(10, 7) + 3) % 50 + 50, "y_test": np.arange(10) % 2}
+    data = dataset_from_arrays(tokens, OWN, "test")
+    assert data.train.x.dtype == torch.int64 and data.input_shape == (7,)
+    images = dataset_from_arrays(own_arrays(shape=(3, 5, 5)), OWN, "test")
+    assert images.input_shape == (3, 5, 5) and images.train.x.dtype == torch.float32
+
+
+def test_standardisation_is_opt_in_and_uses_the_training_rows():
+    arrays = own_arrays()
+    arrays["x_train"][:, 1] = 7.0  # a constant feature keeps std 1, not a division by zero
+    data = dataset_from_arrays(arrays, {**OWN, "standardize": True}, "test")
+    train = data.train.x.double()
+    # float32 results of unit-scale data: 1e-6 is a few ulps, far below any real bias.
+    assert torch.allclose(train[:, [0, 2]].mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(train[:, [0, 2]].std(0, unbiased=False), torch.ones(2, dtype=torch.float64), atol=1e-6)
+    assert torch.equal(data.train.x[:, 1], torch.zeros(30))
+    raw = torch.from_numpy(arrays["x_train"][data.rows["train"][1].numpy()])
+    expected = (torch.from_numpy(arrays["x_test"]) - raw.mean(0)) / torch.where(raw.std(0, unbiased=False) == 0, 1, raw.std(0, unbiased=False))
+    assert torch.allclose(data.test.x.double(), expected, atol=1e-6)
+
+
+def test_a_function_may_return_one_torch_dataset_per_split():
+    from torch.utils.data import TensorDataset
+
+    arrays = own_arrays()
+    splits = {s: TensorDataset(torch.from_numpy(arrays[f"x_{s}"]), torch.from_numpy(arrays[f"y_{s}"])) for s in ("train", "test")}
+    from_datasets = load_dataset({**OWN, "source": "function", "loader": {"_target_": "datasets"}}, lambda: splits)
+    from_arrays = dataset_from_arrays(arrays, OWN, "test")
+    assert torch.equal(from_datasets.train.x, from_arrays.train.x) and torch.equal(from_datasets.test.y, from_arrays.test.y)
+    assert from_datasets.fingerprint is not None
+
+
+def test_a_changed_file_gets_a_new_fingerprint_even_with_the_same_size_and_mtime(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, **own_arrays())
+    first = file_fingerprint(path, tmp_path)
+    assert file_fingerprint(path, tmp_path) == first  # from the index: unchanged
+    stat = path.stat()
+    changed = own_arrays()
+    changed["y_test"][0] = 3  # same shapes and dtypes: the same file size
+    np.savez(path, **changed)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime set back, as `touch -r` or `cp -p` would
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert file_fingerprint(path, tmp_path) != first

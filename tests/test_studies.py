@@ -53,6 +53,7 @@ def test_the_student_size_study_covers_four_widths_three_seeds():
     assert len(list(itertools.product(*params.values()))) == 72  # the README's count
 
 
+@pytest.mark.slow
 def test_the_temperature_grid_runs(tmp_path, tiny):
     run_cli(tmp_path, *tiny, "+study=temperature_grid", multirun=True)
     trials = [read_metrics(p)["config"] for p in trial_folders(tmp_path / "sweep")]
@@ -60,6 +61,7 @@ def test_the_temperature_grid_runs(tmp_path, tiny):
     assert not (tmp_path / "sweep" / "optimization_results.yaml").exists()  # the grid, not Optuna
 
 
+@pytest.mark.slow
 def test_a_command_line_sweep_adds_to_the_preset(tmp_path, tiny):
     run_cli(tmp_path, *tiny, "+study=alpha_grid", "seed=0,1", multirun=True)
     trials = [read_metrics(p)["config"] for p in trial_folders(tmp_path / "sweep")]

@@ -1,5 +1,5 @@
 """Sweeps that survive: a persistent study with metrics, resume after kill -9 / Ctrl-C / SIGTERM,
-two workers on one study (SQLite and a real PostgreSQL), divergence, parallel launchers.
+two workers on one study (SQLite, a journal file and a real PostgreSQL), divergence, parallel launchers.
 
 Every test runs the real CLI in subprocesses against a real Optuna storage.
 """
@@ -21,6 +21,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import REPO, TINY, read_metrics, run_cli
+
+pytestmark = pytest.mark.slow  # every test here runs the real CLI
 
 POSTGRES_URL = os.environ.get("KDSWEEP_TEST_POSTGRES_URL")
 
@@ -88,7 +90,7 @@ def test_a_sweep_is_persistent_and_its_trials_carry_their_metrics(tmp_path, tiny
     run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=2", multirun=True)
     url, sweep = sqlite_url(tmp_path), tmp_path / "sweep"
     study = the_study(url)
-    assert study.study_name.startswith("kdsweep-digits-cnn-kd-")
+    assert study.study_name.startswith("kdsweep-digits-cnn-kd-w16-")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for t in trials:
@@ -154,14 +156,19 @@ def all_files_text(root: Path) -> str:
     return "\n".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file())
 
 
-def two_workers(tmp_path: Path, url: str | None, k: int) -> optuna.Study:
-    storage = [f"hydra.sweeper.storage={url}"] if url else []
+def two_workers(tmp_path: Path, url: str | None, k: int, storage: object = None) -> optuna.Study:
+    """Two workers of one command; `url` is the storage to give them, `storage` how the test reads it."""
+    given = [f"hydra.sweeper.storage={url}"] if url else []
     name = f"kdsweep-test-{uuid.uuid4().hex[:12]}" if url else None
     extra = [f"hydra.sweeper.study_name={name}"] if name else []
-    procs = [start(tmp_path, *TINY, f"hydra.sweeper.n_trials={2 * k}", *storage, *extra, tag=f"worker{i}") for i in range(2)]
+    procs = [start(tmp_path, *TINY, f"hydra.sweeper.n_trials={2 * k}", *given, *extra, tag=f"worker{i}") for i in range(2)]
     for i, proc in enumerate(procs):
         assert proc.wait(timeout=600) == 0, (tmp_path / f"worker{i}.out").read_text()
-    return the_study(url or sqlite_url(tmp_path), name)
+    storage = storage or url or sqlite_url(tmp_path)
+    if name is None:
+        (summary,) = optuna.get_all_study_summaries(storage)
+        name = summary.study_name
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def check_two_workers(study: optuna.Study, sweep: Path, k: int) -> None:
@@ -180,6 +187,20 @@ def check_two_workers(study: optuna.Study, sweep: Path, k: int) -> None:
 def test_two_workers_share_one_sqlite_study(tmp_path):
     k = 2
     check_two_workers(two_workers(tmp_path, None, k), tmp_path / "sweep", k)
+
+
+def test_two_workers_share_one_journal_file(tmp_path):
+    # A journal file, as on a cluster's shared file system: three slashes then a relative path.
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    k = 2
+    journal = tmp_path / "shared" / "optuna.journal"
+    journal.parent.mkdir()
+    study = two_workers(tmp_path, "journal:///shared/optuna.journal", k,
+                        storage=JournalStorage(JournalFileBackend(str(journal))))
+    check_two_workers(study, tmp_path / "sweep", k)
+    assert not (tmp_path / "outputs" / "optuna.db").exists()  # the journal, not the default SQLite file
 
 
 @pytest.mark.skipif(POSTGRES_URL is None, reason="KDSWEEP_TEST_POSTGRES_URL is not set: start a server "
@@ -251,7 +272,7 @@ def test_submitit_local_runs_a_sweep(tmp_path, tiny):
     ("sqlite:////tmp/outputs/optuna.db", "sqlite:////tmp/outputs/optuna.db"),
 ])
 def test_a_storage_url_is_shown_without_its_password(url, shown):
-    from hydra_plugins.kdsweep_sweeper._impl import redact_url
+    from hydra_plugins.kdsweep_sweeper._storage import redact_url
 
     assert redact_url(url) == shown
 

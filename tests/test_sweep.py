@@ -1,10 +1,17 @@
-"""A real Optuna sweep, and a grid, through the CLI."""
+"""A real Optuna sweep, and a grid, through the CLI; what a sweep says while it runs and at its end."""
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
+import pytest
+
 from conftest import read_metrics, run_cli
+from kdsweep.selection import best_with_ties
+
+pytestmark = pytest.mark.slow  # every test here runs the real CLI
 
 
 def trial_folders(sweep_dir):
@@ -26,6 +33,46 @@ def test_an_optuna_sweep_of_three_trials(tmp_path, tiny):
     best = max(trials, key=lambda m: m["results"]["best_val_acc"])
     assert results["best_value"] == best["results"]["best_val_acc"]
     assert results["best_params"]["loss.temperature"] == best["config"]["temperature"]
+
+
+def g4(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def test_a_sweep_reports_each_trial_and_its_end_names_the_best_with_its_ties(tmp_path, tiny):
+    # Choices of T and alpha, and 2 epochs: several trials reach the same val accuracy (ties happen).
+    proc = run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=4", "loss.temperature=choice(1,2)",
+                   "loss.alpha=choice(0.3,0.5)", multirun=True)
+    output = proc.stdout + proc.stderr
+    sweep = tmp_path / "sweep"
+    metrics = {int(p.name): read_metrics(p) for p in trial_folders(sweep)}
+    # No warning noise at start (Optuna's experimental and deprecation warnings, Hydra's).
+    assert "warn" not in output.lower()
+    # One line per trial, values to 4 significant digits, with the time left while trials remain.
+    for n, m in metrics.items():
+        r = m["results"]
+        line = next(ln for ln in output.splitlines() if f"Trial {n} (" in ln)
+        assert f"val {g4(r['best_val_acc'])}, test {g4(r['test_acc'])}, gain {r['gain']:+.4g}" in line
+        assert f"{n + 1}/4 COMPLETE" in line and (("left at this worker's pace" in line) == (n < 3))
+    # The end: the shared tie rule, by trial number, as kdsweep.analysis applies it.
+    numbers = sorted(metrics)
+    best = best_with_ties([metrics[n]["results"]["best_val_acc"] for n in numbers], order=numbers)
+    b = metrics[numbers[best.index]]
+    r, c = b["results"], b["config"]
+    assert (f"trial {numbers[best.index]}, T={g4(c['temperature'])}, alpha={g4(c['alpha'])}") in output
+    assert f"val acc {g4(r['best_val_acc'])}, test acc {g4(r['test_acc'])}" in output
+    assert f"test {g4(r['baseline_test_acc'])}, gain {r['gain']:+.4g}" in output
+    if best.n_tied > 1:
+        assert f"{best.n_tied} trials tie at that val accuracy" in output
+    else:
+        assert "no other trial ties with it" in output
+    assert f"results: {sweep / 'optimization_results.yaml'}" in output
+    assert f"analyse: python -m kdsweep.analysis {sweep}" in output
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_trial"] == numbers[best.index] and results["n_tied"] == best.n_tied
+    assert results["tied_trials"] == sorted(numbers[i] for i in best.tied)
+    assert (results["gain"], results["baseline_test_acc"]) == (r["gain"], r["baseline_test_acc"])
+    assert re.search(r"Study kdsweep-digits-cnn-kd-w16-[\w.-]+ in sqlite:///", output)
 
 
 def test_a_grid_with_the_basic_sweeper(tmp_path, tiny):

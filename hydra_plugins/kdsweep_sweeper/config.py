@@ -1,14 +1,38 @@
-"""The `hydra/sweeper=kdsweep_optuna` node: the official Optuna sweeper's options, plus two of ours."""
+"""The `hydra/sweeper=kdsweep_optuna` schema: the official Optuna sweeper's options, plus two of ours.
+
+The keys are those of hydra-optuna-sweeper's `OptunaSweeperConf`, so a config written for it works
+here once `override hydra/sweeper: optuna` reads `override hydra/sweeper: kdsweep`. The samplers are
+the `hydra/sweeper/sampler` group (kdsweep/conf/hydra/sweeper/sampler/*.yaml): `sampler` is a plain
+node, so that choosing another sampler replaces its options instead of merging into TPE's.
+"""
+# No `from __future__ import annotations`: Hydra's ConfigStore reads these annotations as types.
 
 from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
 
 @dataclass
-class KDSweepSweeperConf(OptunaSweeperConf):
+class KDSweepSweeperConf:
     _target_: str = "hydra_plugins.kdsweep_sweeper.kdsweep_sweeper.KDSweepSweeper"
+    # The sweeper gets the sampler's node as it is written and builds a sampler per trial (_samplers.py),
+    # so Hydra must not instantiate the nested `_target_` itself.
+    _recursive_: bool = False
+    # optuna.samplers.X's keyword arguments, with `_target_`: chosen in kdsweep.yaml's defaults list
+    # (`- sampler: tpe`), or with hydra/sweeper/sampler=NAME.
+    sampler: Any = None
+    # kdsweep's objective, the best val accuracy, is maximized. One direction: a trial returns one number.
+    direction: Any = "maximize"
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    n_trials: int = 20
+    n_jobs: int = 1
+    max_failure_rate: float = 0.25
+    # The official plugin's retired dict of distributions; kept so its configs load, refused if set.
+    search_space: Optional[Dict[str, Any]] = None
+    params: Optional[Dict[str, str]] = None
+    custom_search_space: Optional[str] = None
     # Seconds between a worker's heartbeats on its RUNNING trials. A RUNNING trial whose worker runs
     # on this host is failed as soon as that process is gone; one from another host once it has
     # missed `stale_after` seconds of heartbeats.

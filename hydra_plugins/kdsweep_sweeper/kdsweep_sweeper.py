@@ -1,4 +1,4 @@
-"""The Hydra-facing sweeper class; the work is in `_impl`, imported only when a sweep starts."""
+"""The Hydra-facing sweeper class; the work is in `loop`, imported only when a sweep starts."""
 
 from __future__ import annotations
 
@@ -7,24 +7,36 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class KDSweepSweeper(Sweeper):
     def __init__(self, **options: Any) -> None:
-        from hydra_plugins.kdsweep_sweeper._impl import KDSweepSweeperImpl
-
-        self.sweeper = KDSweepSweeperImpl(**options)
+        # Plain values: the storage URL still holds its password here; setup redacts the config.
+        self.options = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                        for k, v in options.items()}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.kdsweep_sweeper._storage import redact_config
+
+        redact_config(config)  # before the launcher keeps the config, and before any job composes its own
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: list[str]) -> None:
+        from hydra_plugins.kdsweep_sweeper._loop import SweepInterrupted, run_sweep
         from kdsweep.errors import KDSweepError
-        from hydra_plugins.kdsweep_sweeper._impl import SweepInterrupted
 
+        assert self.config is not None and self.hydra_context is not None
         try:
-            self.sweeper.sweep(arguments)
+            run_sweep(self.hydra_context, self.config, self.launcher, self.options, arguments)
         except KDSweepError as e:  # a problem the user can fix: one paragraph, no traceback
             sys.exit(f"kdsweep: error: {e}")
         except (KeyboardInterrupt, SweepInterrupted) as e:

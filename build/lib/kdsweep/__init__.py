@@ -1,1 +1,0 @@
-"""kdsweep: Hydra + Optuna hyperparameter sweeps for knowledge distillation in PyTorch."""

@@ -1,1 +1,0 @@
-"""kdsweep's Hydra configs: a package so that Hydra finds them through it (pkg://kdsweep.conf) wherever kdsweep is installed."""

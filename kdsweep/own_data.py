@@ -1,0 +1,303 @@
+"""Your own data: arrays from a .npz or .pt file, or from a function of yours, checked and split.
+
+Both give the arrays `x_train`, `y_train`, `x_test`, `y_test` and optionally `x_val`, `y_val` (else
+val is carved from train, deterministically). A function may instead return a `torch.utils.data.Dataset`
+per split (`train`, `test`, optionally `val`), whose items `(x, y)` are stacked into tensors once.
+Everything is checked before any training: every problem is one `DataError` or `ConfigError` that
+names the file or key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdsweep.data import Dataset, Split, load_data, take_subset
+from kdsweep.errors import ConfigError, DataError
+
+REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+SPLITS = ("train", "val", "test")
+SOURCES = ("file", "function")
+
+# Loaded data sets, per spec and contents: every trial of an in-process sweep shares one.
+_LOADED: dict[str, Dataset] = {}
+# File contents' hashes by path, with the file's (inode, size, mtime, ctime) when hashed.
+_HASHED: dict[str, tuple[list[int], str]] = {}
+
+
+def read_array_file(path: Path, key: str) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file (no pickles) or a .pt dict of tensors (weights_only=True), by name."""
+    if not path.is_file():
+        raise DataError(f"{key}={path} does not exist or is not a file.")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise DataError(f"{key}={path} cannot be read as a .npz archive of plain arrays "
+                            f"(np.savez(path, x_train=..., ...); object arrays are refused): {e}") from e
+    if path.suffix == ".pt":
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            raise DataError(
+                f"{key}={path} cannot be loaded with weights_only=True, which kdsweep requires so that a "
+                "data file cannot run code: save a dict of tensors, torch.save({'x_train': ..., ...}, path). "
+                f"The loader said: {str(e).splitlines()[0]}") from e
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise DataError(f"{key}={path} holds a {type(loaded).__name__}, not a dict of tensors: save it "
+                            "with torch.save({'x_train': tensor, 'y_train': tensor, ...}, path).")
+        return {str(k): v.numpy() for k, v in loaded.items()}
+    raise DataError(f"{key}={path} must end in .npz (numpy.savez) or .pt (torch.save of a dict of tensors), "
+                    f"but ends in {path.suffix or 'nothing'!r}.")
+
+
+def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None) -> tuple[dict[str, np.ndarray], int]:
+    """The checked arrays (x as float32 or int64, y as int64) and the class count.
+
+    Raises DataError for missing keys, a split without rows, rows that disagree, a wrong dtype or
+    shape, NaN or infinite inputs, or labels outside [0, num_classes).
+    """
+    missing = [k for k in REQUIRED if k not in arrays]
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        missing.append("y_val" if "x_val" in arrays else "x_val")
+    if missing:
+        raise DataError(f"{where} lacks {missing}: it must hold x_train, y_train, x_test, y_test, and optionally "
+                        f"x_val with y_val (else val is carved from train); it holds {sorted(arrays)}.")
+    out: dict[str, np.ndarray] = {}
+    for split in [s for s in SPLITS if f"x_{s}" in arrays]:
+        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
+        if x.ndim < 2 or len(x) == 0:
+            raise DataError(f"{where}: x_{split} must hold one row per example, shape (N, ...) with N >= 1, "
+                            f"but has shape {x.shape}.")
+        if y.shape != (len(x),):
+            raise DataError(f"{where}: y_{split} must hold one label per row of x_{split}, shape ({len(x)},), "
+                            f"but has shape {y.shape}.")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{where}: y_{split} must hold integer class indices (an integer dtype), but has dtype "
+                            f"{y.dtype}; convert it with y.astype('int64').")
+        if np.issubdtype(x.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            if bad:
+                raise DataError(f"{where}: x_{split} holds {bad} NaN or infinite values; inputs must be finite.")
+            x = x.astype(np.float32, copy=False)
+        elif np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint64:
+            x = x.astype(np.int64, copy=False)  # token ids (or other integer inputs): kept as integers
+        else:
+            raise DataError(f"{where}: x_{split} must be a float array (features, images) or an integer array "
+                            f"(token ids), but has dtype {x.dtype}.")
+        out[f"x_{split}"], out[f"y_{split}"] = x, y.astype(np.int64, copy=False)
+    shapes = {s: out[f"x_{s}"].shape[1:] for s in SPLITS if f"x_{s}" in out}
+    kinds = {s: out[f"x_{s}"].dtype.name for s in shapes}
+    if len(set(shapes.values())) > 1 or len(set(kinds.values())) > 1:
+        raise DataError(f"{where}: every split's x must have the same shape per example and kind, but "
+                        f"they are {', '.join(f'x_{s} {shapes[s]} {kinds[s]}' for s in shapes)}.")
+    low = min(int(out[f"y_{s}"].min()) for s in shapes)
+    high = max(int(out[f"y_{s}"].max()) for s in shapes)
+    if num_classes is None:
+        num_classes = high + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"data.num_classes must be an integer >= 2, or null to count the labels, but got "
+                          f"data.num_classes={num_classes!r}.")
+    if low < 0 or high >= num_classes:
+        raise DataError(f"{where}: labels must lie in [0, {num_classes}) (data.num_classes="
+                        f"{num_classes}), but they run from {low} to {high}.")
+    if num_classes < 2:
+        raise DataError(f"{where}: the labels hold a single class ({low}); classification needs at least two.")
+    return out, num_classes
+
+
+def _row_digests(x: np.ndarray) -> list[bytes]:
+    rows = np.ascontiguousarray(x).reshape(len(x), -1)
+    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+
+
+def _check_overlap(arrays: dict[str, np.ndarray], where: str) -> None:
+    train = set(_row_digests(arrays["x_train"]))
+    for split in ("val", "test"):
+        if f"x_{split}" in arrays:
+            shared = sum(d in train for d in _row_digests(arrays[f"x_{split}"]))
+            if shared:
+                raise DataError(
+                    f"{where}: {shared} of the {len(arrays[f'x_{split}'])} rows of x_{split} are also rows of "
+                    f"x_train, so {split} accuracy would partly measure memorisation. Remove them, or set "
+                    "data.allow_overlap=true where repeated inputs are genuine (e.g. short token sequences).")
+
+
+def _int_or_none(spec: Mapping[str, Any], key: str, low: int) -> int | None:
+    value = spec.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        raise ConfigError(f"data.{key} must be an integer >= {low} or null, but got data.{key}={value!r}.")
+    return value
+
+
+def dataset_from_arrays(arrays: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> Dataset:
+    """Check, split (val carved from train where there is none), standardise if asked, subset."""
+    checked, num_classes = check_arrays(arrays, where, spec.get("num_classes"))
+    if not spec.get("allow_overlap", False):
+        _check_overlap(checked, where)
+    sizes = {s: len(checked[f"y_{s}"]) for s in SPLITS if f"y_{s}" in checked}
+    n = sizes["train"]
+    if "x_val" in checked:
+        rows = {s: (s, np.arange(sizes[s])) for s in SPLITS}
+    else:
+        val_size = _int_or_none(spec, "val_size", 1)
+        if val_size is None:
+            fraction = spec.get("val_fraction")
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+                raise ConfigError(f"data.val_fraction must be a number in (0, 1) (the share of x_train carved out as "
+                                  f"val, as {where} has no x_val), or set data.val_size, but got "
+                                  f"data.val_fraction={fraction!r}.")
+            val_size = round(n * fraction)
+        if not 1 <= val_size <= n - 1:
+            raise ConfigError(f"val carved from x_train ({n} rows) must leave at least one row in each of train and "
+                              f"val, but data.val_size / data.val_fraction give {val_size} val rows.")
+        order = np.random.default_rng(spec.get("split_seed", 0)).permutation(n)
+        rows = {"train": ("train", np.sort(order[val_size:])), "val": ("train", np.sort(order[:val_size])),
+                "test": ("test", np.arange(sizes["test"]))}
+    xs = {s: checked[f"x_{src}"][idx] for s, (src, idx) in rows.items()}
+    ys = {s: checked[f"y_{src}"][idx] for s, (src, idx) in rows.items()}
+    if spec.get("standardize", False):
+        if xs["train"].dtype != np.float32:
+            raise ConfigError(f"data.standardize=true needs float inputs, but {where} holds integer inputs "
+                              "(token ids are never standardised); set data.standardize=false.")
+        # Per input feature, with the training rows' mean and standard deviation (1 where constant).
+        mean, std = xs["train"].mean(axis=0), xs["train"].std(axis=0)
+        std[std == 0] = 1.0
+        xs = {s: ((x - mean) / std).astype(np.float32) for s, x in xs.items()}
+    data = Dataset(
+        str(spec.get("name")),
+        *(Split(torch.from_numpy(np.ascontiguousarray(xs[s])), torch.from_numpy(np.ascontiguousarray(ys[s])))
+          for s in SPLITS),
+        num_classes=num_classes,
+        rows={s: (src, torch.from_numpy(idx)) for s, (src, idx) in rows.items()},
+        source_sizes=sizes,
+    )
+    return take_subset(data, _int_or_none(spec, "subset", 1))
+
+
+def _stack_dataset(dataset: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A map-style torch Dataset of (x, y) items as two arrays, read once."""
+    try:
+        items = [dataset[i] for i in range(len(dataset))]
+        xs = np.stack([np.asarray(x.detach() if isinstance(x, torch.Tensor) else x) for x, _ in items]) if items else np.empty((0, 1))
+        ys = np.asarray([int(y) for _, y in items], dtype=np.int64)
+    except (TypeError, ValueError, IndexError) as e:
+        raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
+                        f"integer label: {type(e).__name__}: {e}") from e
+    return xs, ys
+
+
+def arrays_from_function(loader: Callable[[], Any], target: str) -> dict[str, Any]:
+    """Call the user's data function once: a mapping of arrays, or of one torch Dataset per split."""
+    where = f"data.loader._target_={target}"
+    try:
+        result = loader()
+    except Exception as e:  # the user's code: report it as one paragraph that names it
+        raise DataError(f"{where} raised {type(e).__name__}: {e}") from e
+    if not isinstance(result, Mapping):
+        raise DataError(f"{where} returned a {type(result).__name__}; it must return a dict of arrays (x_train, "
+                        "y_train, x_test, y_test[, x_val, y_val]) or of torch Datasets (train, test[, val]).")
+    if "train" in result or "test" in result:
+        arrays: dict[str, Any] = {}
+        for split in SPLITS:
+            if split in result:
+                arrays[f"x_{split}"], arrays[f"y_{split}"] = _stack_dataset(result[split], f"{where}: {split!r}")
+        return arrays
+    return dict(result)
+
+
+def _arrays_fingerprint(arrays: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(np.asarray(arrays[key]))
+        digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:20]
+
+
+def file_fingerprint(path: Path, index_dir: Path | None = None) -> str:
+    """A hash of the file's contents; an index in `index_dir` skips re-reading an unchanged file.
+
+    Unchanged means the same inode, size, mtime and ctime (the ctime moves on every write and cannot
+    be set back by `touch` or `cp -p`), so a changed file is always hashed again.
+    """
+    stat = path.stat()
+    stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    key = str(path.resolve())
+    if _HASHED.get(key, (None,))[0] == stamp:
+        return _HASHED[key][1]
+    index_path = index_dir / "file_hashes.json" if index_dir else None
+    index: dict[str, Any] = {}
+    if index_path and index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            index = {}  # a damaged index only costs a re-hash
+    known = index.get(key)
+    if known and known["stamp"] == stamp:
+        _HASHED[key] = (stamp, known["sha256"])
+        return known["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    sha = digest.hexdigest()[:20]
+    if index_path:
+        from kdsweep.cache import atomic_write
+
+        index[key] = {"stamp": stamp, "sha256": sha}
+        atomic_write(index_path, lambda f: json.dump(index, f), mode="w")
+    _HASHED[key] = (stamp, sha)
+    return sha
+
+
+def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = None,
+                 index_dir: Path | None = None) -> Dataset:
+    """The data a trial trains on: a built-in set by name, or the user's file or function.
+
+    `spec` is the `data` config node as plain values (without the epochs); `loader` the user's
+    function for `source: function`. Own data gets `fingerprint`, a hash of its contents.
+    """
+    source = spec.get("source")
+    if source is None:
+        return load_data(**{k: v for k, v in spec.items() if k != "loader"})
+    if source not in SOURCES:
+        raise ConfigError(f"data.source must be one of {sorted(SOURCES)} (or absent for a built-in data set), "
+                          f"but got data.source={source!r}.")
+    memo = json.dumps(dict(spec), sort_keys=True, default=str)
+    if source == "file":
+        if not isinstance(spec.get("path"), str):
+            raise ConfigError(f"data.path must name a .npz or .pt file, but got data.path={spec.get('path')!r}.")
+        path = Path(spec["path"])
+        if not path.is_file():
+            raise DataError(f"data.path={path} does not exist or is not a file.")
+        fingerprint = file_fingerprint(path, index_dir)
+        memo += fingerprint
+        if memo not in _LOADED:
+            data = dataset_from_arrays(read_array_file(path, "data.path"), spec, f"data.path={path}")
+            _LOADED[memo] = dataclasses.replace(data, fingerprint=fingerprint)
+        return _LOADED[memo]
+    if loader is None:
+        raise ConfigError("data.source=function needs data.loader._target_: the dotted path of your function.")
+    if memo not in _LOADED:  # the function is called once per process
+        target = str((spec.get("loader") or {}).get("_target_"))
+        arrays = arrays_from_function(loader, target)
+        data = dataset_from_arrays(arrays, spec, f"the data of data.loader._target_={target}")
+        _LOADED[memo] = dataclasses.replace(data, fingerprint=_arrays_fingerprint(arrays))
+    return _LOADED[memo]
+
+
+def index_dir_for(cache_dir: Path) -> Path | None:
+    """Where the file-hash index lives: inside an existing cache, never creating one for it alone."""
+    return cache_dir if cache_dir.is_dir() and os.access(cache_dir, os.W_OK) else None
