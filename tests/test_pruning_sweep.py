@@ -95,3 +95,18 @@ def test_kill_9_with_pruned_trials_in_the_study_then_resume(tmp_path):
     assert trials[1].user_attrs["fail_reason"].startswith("interrupted: its worker (pid")
     assert [t.user_attrs["pruned_epoch"] for t in trials if t.state == TrialState.PRUNED] == [300] * 3
     assert folders(sweep) == ["0", "1", "2", "3"] and read_metrics(sweep / "2")["status"] == "pruned"
+
+
+@pytest.mark.slow
+def test_a_job_reports_to_a_study_in_a_journal_file(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    # Relative, as a user writes it: the jobs get the absolute path in KDSWEEP_OPTUNA_STORAGE.
+    run_cli(tmp_path, *TINY, "train.epochs=3", threshold(1), "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.storage=journal:///shared/optuna.journal", "hydra.sweeper.study_name=journal", multirun=True)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "shared" / "optuna.journal")))
+    (trial,) = optuna.load_study(study_name="journal", storage=storage).get_trials()
+    m = read_metrics(tmp_path / "sweep" / "0")
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_epoch"] == 1
+    assert trial.intermediate_values == {1: m["history"][0]["val_acc"]} and m["status"] == "pruned"
