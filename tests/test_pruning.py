@@ -172,7 +172,7 @@ def test_a_run_pruned_at_a_known_epoch_reports_each_epoch_and_says_so(tmp_path, 
 @pytest.mark.slow
 def test_a_run_reports_every_k_epochs_and_completes_when_not_pruned(tmp_path, cache):
     storage, _, (_, number) = new_study(tmp_path, 2)  # the second trial: numbers, not ids, are matched
-    proc = pruned_run(tmp_path, cache, storage, number, "+hydra.sweeper.pruner.lower=0.0", "+hydra.sweeper.report_every=2")
+    proc = pruned_run(tmp_path, cache, storage, number, "+hydra.sweeper.pruner.lower=0.0", "hydra.sweeper.report_every=2")
     assert proc.returncode == 0, proc.stderr
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "complete" and metrics["results"]["epoch_reached"] == 3
