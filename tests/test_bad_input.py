@@ -46,7 +46,7 @@ CASES = {
     "n_trials zero": (["-m", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials must be an integer >= 1", "n_trials=0"),
     "report_every zero": (["-m", "hydra/sweeper/pruner=median", "hydra.sweeper.report_every=0"],
                           "hydra.sweeper.report_every must be an integer >= 1", "hydra.sweeper.report_every=0"),
-    "pruner that is no pruner": (["-m", "hydra.sweeper.pruner={_target_:collections.OrderedDict}"],
+    "pruner that is no pruner": (["-m", "hydra.sweeper.pruner={{_target_:collections.OrderedDict}}"],
                                  "hydra.sweeper.pruner._target_ must name an Optuna pruner class",
                                  "hydra.sweeper.pruner._target_=collections.OrderedDict"),
     "unreachable storage": (["-m", "hydra.sweeper.storage=postgresql://kdsweep:hunter2@127.0.0.1:1/kdsweep"],
