@@ -1,6 +1,6 @@
 """What a pruner buys a sweep: the same TPE sweep with and without it, per sampler seed.
 
-    python benchmarks/pruning.py [--trials 40] [--seeds 0 1 2] [--pruner median] [OVERRIDE ...]
+    python benchmarks/pruning.py [--trials 40] [--seeds 0 1 2] [--pruner median] [-- OVERRIDE ...]
 
 For each sampler seed, the sweep runs without a pruner and with `hydra/sweeper/pruner=PRUNER`, one
 after the other (interleaved, since timings drift within minutes), each in a fresh folder with its own
@@ -10,9 +10,9 @@ that trial's test accuracy; then, per pruner setting, the median wall time and t
 val over seeds. The issue's target: the pruned sweep takes at most half the wall time and finds a best
 val within the spread of the unpruned sweeps.
 
-OVERRIDEs go to every run, e.g. the Fashion-MNIST workload: data=fashion_mnist model.student.width=128
+OVERRIDEs (after `--`) go to every run, e.g. the Fashion-MNIST workload: data=fashion_mnist model.student.width=128
 train.epochs=10 (check the data and model files for the 784-128-10 student). A smoke run, not a
-measurement: --trials 6 train.epochs=4.
+measurement: --trials 6 --seeds 0 -- train.epochs=4.
 """
 
 from __future__ import annotations
