@@ -17,7 +17,8 @@ def acc(count: int, n: int = N_TEST) -> float:
 
 def write_trial(folder: Path, *, loss: str = "kd", T: float | None = None, alpha: float | None = None,
                 width: int = 8, seed: int = 0, val: float, test: float, lr: float = 0.001,
-                baseline: tuple[float, float] | None = None, agreement: float | None = None) -> Path:
+                baseline: tuple[float, float] | None = None, agreement: float | None = None,
+                status: str | None = None) -> Path:
     """A trial folder as a sweep leaves it: .hydra/ and a metrics.json of the real layout."""
     (folder / ".hydra").mkdir(parents=True)
     kd = loss == "kd"
@@ -39,6 +40,8 @@ def write_trial(folder: Path, *, loss: str = "kd", T: float | None = None, alpha
                     "eval_seconds": 0.01},
         "versions": {"kdsweep": "0.1.0"},
     }
+    if status is not None:  # None: a metrics.json from before pruning, without the key
+        metrics["status"] = status
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 

@@ -277,3 +277,26 @@ def test_importances_refuse_too_few_trials(tmp_path):
         write_trial(tmp_path / str(i), T=1.0 + i, alpha=0.5, val=acc(300 + i), test=0.9)
     with pytest.raises(analysis.NothingToCompare, match="4 complete trials are too few to rank parameters"):
         analysis.parameter_importances(analysis.study_from_trials(analysis.load_trials(tmp_path)))
+
+
+def test_pruned_trials_are_shown_apart_and_never_chosen_nor_paired(tmp_path):
+    sweep = write_size_study(tmp_path / "sweep")  # no "status" key: trials from before pruning
+    bval, btest = BASELINE[8][0]
+    # Width 8, seed 0: a pruned trial at a new point whose val beats the best point's (bval + 5) and
+    # whose test would gain 20 images: it must change neither the choice nor the gains.
+    write_trial(sweep / "32", T=8.0, alpha=0.3, width=8, seed=0, val=acc(bval + 9), test=acc(btest + 20),
+                baseline=(acc(bval), acc(btest)), status="pruned")
+    write_trial(sweep / "33", T=4.0, alpha=0.5, width=8, seed=0, val=acc(bval + 5), test=acc(btest + 7),
+                baseline=(acc(bval), acc(btest)), status="complete")  # a repeat, written by a newer kdsweep
+    df = analysis.load_trials(sweep)
+    assert list(df["status"]) == ["complete"] * 32 + ["pruned", "complete"]
+    study = analysis.optimal_t_alpha(df)
+    best8 = study.best[study.best["student_width"] == 8].iloc[0]
+    assert (best8["temperature"], best8["alpha"]) == (4.0, 0.5)
+    assert 8.0 not in set(study.points["temperature"])  # the pruned point is in no table
+    gains = analysis.with_baselines(df)
+    assert 32 not in set(gains["trial_number"]) and 33 in set(gains["trial_number"])
+    built = analysis.build_report(df, "hand-built")
+    assert built.summary[0] == ("34 trials (34 distilled) from hand-built; 1 of them pruned (stopped early by the "
+                                "pruner), left out of every table and choice below.")
+    assert list(built.tables["trials"]["status"]).count("pruned") == 1  # the trials table still lists it

@@ -86,8 +86,10 @@ def test_the_sweeper_has_every_option_written_out():
     from hydra_plugins.kdsweep_sweeper.config import KDSweepSweeperConf
 
     fields = {f.name for f in dataclasses.fields(KDSweepSweeperConf)} - {"_target_", "_recursive_"}
-    # Every option is written out; the sampler is chosen in the defaults list, its options in its own file.
-    assert set(written) - {"defaults"} == fields - {"sampler"} and {"sampler": "tpe"} in written["defaults"]
+    # Every option is written out; the sampler and pruner are chosen in the defaults list, their options
+    # in their own files.
+    assert set(written) - {"defaults"} == fields - {"sampler", "pruner"} and {"sampler": "tpe"} in written["defaults"]
+    assert {"pruner": "none"} in written["defaults"] and sweeper.pruner is None and sweeper.report_every == 1
     assert sweeper.storage is None and sweeper.study_name is None  # sqlite under outputs/, named after the experiment
     assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("maximize", 20, 1)
     assert 0 < sweeper.max_failure_rate < 1

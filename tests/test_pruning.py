@@ -1,8 +1,8 @@
 """Pruning: the training loop's stop hook, the Optuna trial a job reports to, and pruned trials' reports.
 
-No sweeper here: each test creates a real SQLite study, asks it for trials as a sweeper would, and runs
-the job (the real CLI, or the batched functions) with the environment and overrides of the contract in
-`kdsweep.pruning`.
+No sweeper here (kdsweep's own is tested in test_pruning_sweep.py): each test creates a real SQLite
+study, asks it for trials as a sweeper would, and runs the job (the real CLI, or the batched functions)
+with the environment and overrides of the contract in `kdsweep.pruning`.
 """
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
-import textwrap
-from typing import Any, Optional
+from typing import Any
 
 import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra_plugins.kdsweep_sweeper.config import KDSweepSweeperConf
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import CONF, REPO, TINY, read_metrics, run_cli
+from conftest import CONF, TINY, read_metrics, run_cli
 from kdsweep import batched, trial
 from kdsweep.data import Split
 from kdsweep.errors import ConfigError, TrialPruned
@@ -131,19 +128,12 @@ def test_every_pruner_file_writes_out_its_constructors_arguments_and_builds(name
     assert isinstance(make_pruner(node), cls)
 
 
-@dataclasses.dataclass
-class _SweeperWithPruner(KDSweepSweeperConf):
-    # The fields the sweeper's config gains for pruning (wired there, not here).
-    pruner: Optional[Any] = None
-    report_every: int = 1
-
-
-def test_the_pruner_group_composes_into_hydra_sweeper_pruner():
-    ConfigStore.instance().store(group="hydra/sweeper", name="test_with_pruner", node=_SweeperWithPruner)
+def test_the_pruner_group_composes_into_the_sweepers_pruner():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        default = compose("config", ["hydra/sweeper=kdsweep"], return_hydra_config=True).hydra.sweeper
+        assert default.pruner is None and default.report_every == 1  # kdsweep.yaml's defaults
         for name in ("median", "hyperband", "none"):
-            cfg = compose("config", ["hydra/sweeper=test_with_pruner", f"+hydra/sweeper/pruner={name}"],
-                          return_hydra_config=True)
+            cfg = compose("config", ["hydra/sweeper=kdsweep", f"hydra/sweeper/pruner={name}"], return_hydra_config=True)
             pruner = cfg.hydra.sweeper.pruner
             assert (pruner is None) if name == "none" else pruner._target_.startswith("optuna.pruners.")
 
@@ -182,7 +172,7 @@ def test_a_run_pruned_at_a_known_epoch_reports_each_epoch_and_says_so(tmp_path, 
 @pytest.mark.slow
 def test_a_run_reports_every_k_epochs_and_completes_when_not_pruned(tmp_path, cache):
     storage, _, (_, number) = new_study(tmp_path, 2)  # the second trial: numbers, not ids, are matched
-    proc = pruned_run(tmp_path, cache, storage, number, "+hydra.sweeper.pruner.lower=0.0", "+hydra.sweeper.report_every=2")
+    proc = pruned_run(tmp_path, cache, storage, number, "+hydra.sweeper.pruner.lower=0.0", "hydra.sweeper.report_every=2")
     assert proc.returncode == 0, proc.stderr
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "complete" and metrics["results"]["epoch_reached"] == 3
@@ -256,63 +246,4 @@ def test_a_batch_pruned_through_optuna_writes_each_trials_report(tmp_path):
     assert intermediate_values(storage, numbers[1]) == {h["epoch"]: h["val_acc"] for h in read_metrics(tmp_path / "1")["history"]}
     assert intermediate_values(storage, numbers[0]) == {}
 
-
-# Hydra's basic sweeper, doing what the contract asks of a sweeper (kdsweep's own is wired to it
-# separately): its config takes hydra.sweeper.pruner and report_every (the jobs read them from their
-# configs), and each job gets ++hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL, here its job number.
-PRUNING_BASIC_SWEEPER = """
-from dataclasses import dataclass
-from typing import Any, Optional
-
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
-from hydra.core.config_store import ConfigStore
-
-
-@dataclass
-class PruningBasicSweeperConf(BasicSweeperConf):
-    _target_: str = "hydra_plugins.pruning_basic_sweeper.PruningBasicSweeper"
-    pruner: Optional[Any] = None
-    report_every: int = 1
-
-
-class PruningBasicSweeper(BasicSweeper):
-    def __init__(self, max_batch_size, params=None, pruner=None, report_every=1):
-        super().__init__(max_batch_size=max_batch_size, params=params)
-
-    def setup(self, *, hydra_context, task_function, config):
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        launch = self.launcher.launch
-
-        def launch_trials(job_overrides, initial_job_idx):
-            return launch([[*o, f"++hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL={initial_job_idx + i}"]
-                           for i, o in enumerate(job_overrides)], initial_job_idx)
-
-        self.launcher.launch = launch_trials
-
-
-ConfigStore.instance().store(group="hydra/sweeper", name="pruning_basic", node=PruningBasicSweeperConf)
-"""
-
-
-@pytest.mark.slow
-def test_the_batched_launcher_gives_each_job_its_own_optuna_trial(tmp_path, cache):
-    plugin = tmp_path / "plugins" / "hydra_plugins" / "pruning_basic_sweeper"
-    plugin.mkdir(parents=True)
-    (plugin / "__init__.py").write_text(textwrap.dedent(PRUNING_BASIC_SWEEPER))
-    storage, _, numbers = new_study(tmp_path, 2)
-    assert numbers == [0, 1]  # the job numbers, which this sweeper passes as the trial numbers
-    proc = run_cli(tmp_path, *TINY, f"cache_dir={cache}", "train.epochs=3", "hydra/sweeper=pruning_basic",
-                   "hydra/launcher=kdsweep_batched", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   "loss.alpha=0.3,0.9",
-                   f"hydra.sweeper.pruner={{_target_:optuna.pruners.ThresholdPruner,lower:{UNREACHABLE},n_warmup_steps:2}}",
-                   multirun=True, check=False,
-                   env={STORAGE_ENV: storage, STUDY_ENV: "pruning", "PYTHONPATH": f"{tmp_path / 'plugins'}:{REPO}"})
-    log = proc.stdout + proc.stderr
-    assert "training 2 trials as one batched model" in log, log
-    # The basic sweeper re-raises a job's exception once the batch is done: both jobs are reported.
-    assert proc.returncode != 0 and "TrialPruned" in proc.stderr
-    for job, number in enumerate(numbers):
-        metrics = read_metrics(tmp_path / "sweep" / str(job))
-        assert metrics["status"] == "pruned" and metrics["pruning"]["trial_number"] == number
-        assert list(intermediate_values(storage, number)) == [1, 2]
-        assert intermediate_values(storage, number) == {h["epoch"]: h["val_acc"] for h in metrics["history"]}
+# Each launcher, kdsweep_batched included, through kdsweep's own sweeper: tests/test_pruning_sweep.py.

@@ -4,10 +4,11 @@ Before the first trial: the search space is parsed (search_space), the sampler b
 trial's config composed at every end of every range and checked as a run would check it, the
 study's identity derived from the composed config (identity), and the study opened or created in
 its storage (storage). Each round, under the claim lock (workers): trials left RUNNING by a dead
-worker are failed, the COMPLETE and RUNNING trials counted, and as many trials asked as are missing
-(at most n_jobs); the launcher runs them; each result is told (report: a line per trial). A pruner
-would slot in where the study is created (`optuna.create_study(pruner=...)`) and in the objective's
-reports; this loop tells PRUNED trials nothing special yet.
+worker are failed, the finished (COMPLETE or PRUNED) and RUNNING trials counted, and as many trials
+asked as are missing (at most n_jobs); the launcher runs them; each result is told (report: a line per
+trial). With a pruner (pruning): the jobs report to their Optuna trials and stop when pruned; a pruned
+job is told PRUNED, counts as finished (Optuna's convention for n_trials), not against the failure
+budget, and is never the best trial.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
-from kdsweep.errors import ConfigError, KDSweepError
+from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _identity
+from hydra_plugins.kdsweep_sweeper import _identity, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
 from hydra_plugins.kdsweep_sweeper._search_space import SearchSpace, job_overrides, parse, probes
@@ -43,6 +44,7 @@ from hydra_plugins.kdsweep_sweeper._workers import WORKER_ATTR, Heartbeat, claim
 log = logging.getLogger("hydra_plugins.kdsweep_sweeper")
 
 INTERRUPTED = "interrupted"  # fail reasons that start with this are not the trial's own fault
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts, as Optuna's optimize does
 WAIT_SECONDS = 2.0  # poll interval while the other workers finish the study's last trials
 
 
@@ -65,6 +67,8 @@ class SweepOptions:
     sampler: dict[str, Any] | None
     heartbeat_interval: float
     stale_after: float
+    pruner: dict[str, Any] | None = None  # the hydra.sweeper.pruner node (each job builds the pruner)
+    report_every: int = 1
 
 
 def checked_options(options: dict[str, Any]) -> SweepOptions:
@@ -90,12 +94,14 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
     if options.get("search_space"):
         raise ConfigError("hydra.sweeper.search_space is the official plugin's retired form; write the search "
                           "space as hydra.sweeper.params in Hydra's sweep grammar, e.g. loss.temperature: interval(1, 16).")
+    _pruning.checked_pruner(options.get("pruner"), options.get("report_every", 1))
     return SweepOptions(
         direction=direction, study_name=options.get("study_name"), storage=options.get("storage"),
         n_trials=options["n_trials"], n_jobs=options["n_jobs"], max_failure_rate=float(rate),
         params=dict(options.get("params") or {}), custom_search_space=options.get("custom_search_space"),
         sampler=options.get("sampler"), heartbeat_interval=float(options.get("heartbeat_interval", 30)),
         stale_after=float(options.get("stale_after", 300)),
+        pruner=options.get("pruner"), report_every=options.get("report_every", 1),
     )
 
 
@@ -213,25 +219,28 @@ def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: in
     with claim_lock(study._storage, where, study.study_name):  # noqa: SLF001
         fail_abandoned(study, opts.stale_after)
         trials = study.get_trials(deepcopy=False)
-        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        finished = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         asked = []
-        for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, n_trials - complete - running))):
+        for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, n_trials - finished - running))):
             study.sampler = make_sampler(number)  # the next trial's number: reseeded per trial
             trial = study.ask(fixed_distributions=space.distributions)
             if extend is not None:
                 extend(trial)
             trial.set_user_attr(WORKER_ATTR, this_worker())
             asked.append(trial)
-        return asked, complete, running
+        return asked, finished, running
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -> None:
-    """Record one finished job: its value and metrics, or FAIL with the reason (never a NaN)."""
+    """Record one finished job: its value and metrics, PRUNED, or FAIL with the reason (never a NaN)."""
     try:
         value = float(ret.return_value)  # re-raises the job's exception
         if not math.isfinite(value):
             raise ValueError(f"the objective is {value}; a non-finite value is never handed to Optuna")
+    except TrialPruned as e:
+        _pruning.tell_pruned(study, trial, e, output_dir)
+        return
     except Exception as e:
         reason = _first_paragraph(e)
         log.warning("Trial %d failed: %s", trial.number, reason, exc_info=not isinstance(e, KDSweepError))
@@ -271,8 +280,13 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     study = open_study(where, name, opts, ident)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sampler_name = type(make_sampler(0)).__name__.lstrip("_")
-    log.info("Study %s in %s: %s the objective with %s, %d COMPLETE trials as the target (shared by every "
-             "worker); trial folders in %s", name, where.shown, opts.direction, sampler_name, n_trials, sweep_dir)
+    log.info("Study %s in %s: %s the objective with %s, %d finished (COMPLETE or PRUNED) trials as the target "
+             "(shared by every worker); trial folders in %s", name, where.shown, opts.direction, sampler_name,
+             n_trials, sweep_dir)
+    if opts.pruner is not None:
+        _pruning.hand_to_jobs(where, name)
+        log.info("Pruner %s: each trial reports its val accuracy every %d epoch(s)",
+                 str(opts.pruner["_target_"]).rsplit(".", 1)[-1], opts.report_every)
     if grid_size is not None and n_trials < opts.n_trials:
         log.info("The grid holds %d points: n_trials=%d is capped at that", grid_size, opts.n_trials)
 
@@ -288,12 +302,12 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     waiting, started, finished_here = False, time.monotonic(), 0
     try:
         while True:
-            trials, complete, running = ask(study, where, opts, n_trials, space, make_sampler, extend)
+            trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend)
             if not trials:
-                if complete >= n_trials:
+                if finished >= n_trials:
                     break
                 if not waiting:
-                    log.info("Waiting: %d trials are RUNNING in other workers, %d COMPLETE", running, complete)
+                    log.info("Waiting: %d trials are RUNNING in other workers, %d finished", running, finished)
                 waiting = True
                 time.sleep(WAIT_SECONDS)
                 continue
@@ -308,6 +322,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                         job.append(f"hydra.sweep.subdir={trial.number}")
                     if threads is not None:
                         job.append(f"train.num_threads={threads}")
+                    if opts.pruner is not None:
+                        job.append(_pruning.trial_override(trial.number))
                     jobs.append(job)
                 returns = launcher.launch(jobs, initial_job_idx=trials[0].number)
                 for trial, ret in zip(trials, returns):
@@ -322,9 +338,10 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                 heartbeat.track([])
             finished_here += len(trials)
             pace = (time.monotonic() - started) / finished_here
-            now_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            now = study.get_trials(deepcopy=False)
+            counts = [sum(t.state == state for t in now) for state in FINISHED]
             for trial in trials:
-                log.info(_report.trial_line(study.get_trials(deepcopy=False)[trial.number], now_complete, n_trials, pace))
+                log.info(_report.trial_line(now[trial.number], *counts, n_trials, pace))
             errors = own_errors(study, since)
             if len(errors) > budget:
                 raise KDSweepError(
@@ -337,8 +354,11 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
         heartbeat.close()
         if main_thread:
             signal.signal(signal.SIGTERM, previous_term)
+    # Only COMPLETE trials compete for the best: a PRUNED trial's value is its last report, before it finished.
     complete_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    text, results = _report.summary(name, where.shown, complete_trials, opts.direction == "maximize", sweep_dir)
+    n_pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    text, results = _report.summary(name, where.shown, complete_trials, opts.direction == "maximize", sweep_dir,
+                                    n_pruned)
     _report.write_results(sweep_dir, results)
     log.info(text)
     close(study._storage)  # noqa: SLF001

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.cache import atomic_write
 from kdsweep.selection import Best, best_with_ties
@@ -35,6 +35,8 @@ def metrics_attrs(output_dir: Path) -> dict[str, Any]:
         val_acc=results.get("best_val_acc"),
         test_acc=results.get("test_acc"),
         best_epoch=results.get("best_epoch"),
+        epoch_reached=results.get("epoch_reached"),
+        status=metrics.get("status", "complete"),
         agreement=results.get("agreement"),
         baseline_test_acc=results.get("baseline_test_acc"),
         gain=results.get("gain"),
@@ -57,19 +59,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
-def trial_line(trial: FrozenTrial, complete: int, n_trials: int, seconds_per_trial: float | None) -> str:
+def trial_line(trial: FrozenTrial, complete: int, pruned: int, n_trials: int, seconds_per_trial: float | None) -> str:
     """One line per finished trial: its values, the study's progress and the time left at this pace."""
     params = ", ".join(f"{k}={g4(v)}" for k, v in trial.params.items())
     attrs = trial.user_attrs
-    if trial.value is None:
+    if trial.state == TrialState.PRUNED:
+        what = (f"pruned at epoch {attrs.get('pruned_epoch')}, best val so far {g4(attrs.get('val_acc'))} "
+                f"(its metrics.json says \"status\": \"pruned\")")
+    elif trial.value is None:
         what = f"FAIL: {attrs.get(REASON_ATTR, 'no reason recorded')}"
     else:
         what = f"val {g4(attrs.get('val_acc', trial.value))}, test {g4(attrs.get('test_acc'))}"
         if attrs.get("gain") is not None:
             what += f", gain {attrs['gain']:+.4g} over the baseline's {g4(attrs.get('baseline_test_acc'))}"
-    left = n_trials - complete
+    left = n_trials - complete - pruned
     eta = f", about {_duration(left * seconds_per_trial)} left at this worker's pace" if seconds_per_trial and left > 0 else ""
-    return f"Trial {trial.number} ({params}): {what}. {complete}/{n_trials} COMPLETE{eta}"
+    progress = f"{complete}/{n_trials} COMPLETE" if not pruned else \
+        f"{complete + pruned}/{n_trials} finished ({complete} COMPLETE, {pruned} PRUNED)"
+    return f"Trial {trial.number} ({params}): {what}. {progress}{eta}"
 
 
 def best_trial(complete: list[FrozenTrial], maximize: bool) -> tuple[FrozenTrial, Best]:
@@ -79,8 +86,19 @@ def best_trial(complete: list[FrozenTrial], maximize: bool) -> tuple[FrozenTrial
 
 
 def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], maximize: bool,
-            sweep_dir: Path) -> tuple[str, dict[str, Any]]:
-    """The end-of-sweep summary (log text) and optimization_results.yaml's content."""
+            sweep_dir: Path, n_pruned: int = 0) -> tuple[str, dict[str, Any]]:
+    """The end-of-sweep summary (log text) and optimization_results.yaml's content.
+
+    `complete` holds the COMPLETE trials only: a PRUNED trial (`n_pruned` of them) is never the best.
+    """
+    where = (f"  results: {sweep_dir / 'optimization_results.yaml'}; trial folders {sweep_dir}/N; study {study_name} "
+             f"in {shown_storage}")
+    pruned = f" ({n_pruned} more were PRUNED)" if n_pruned else ""
+    if not complete:
+        results = {"name": "kdsweep_optuna", "study_name": study_name, "storage": shown_storage,
+                   "best_trial": None, "n_complete": 0, "n_pruned": n_pruned}
+        return (f"No COMPLETE trial in study {study_name}{pruned}, so no best trial: every finished trial was "
+                f"stopped by the pruner. Loosen hydra.sweeper.pruner or raise hydra.sweeper.n_trials.\n{where}"), results
     trial, best = best_trial(complete, maximize)
     tied = sorted(complete[i].number for i in best.tied)
     a = trial.user_attrs
@@ -89,7 +107,7 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
         "best_trial": trial.number, "best_params": dict(trial.params), "best_value": trial.value,
         "temperature": a.get("temperature"), "alpha": a.get("alpha"), "val_acc": a.get("val_acc"),
         "test_acc": a.get("test_acc"), "baseline_test_acc": a.get("baseline_test_acc"), "gain": a.get("gain"),
-        "n_complete": len(complete), "n_tied": best.n_tied, "tied_trials": tied,
+        "n_complete": len(complete), "n_pruned": n_pruned, "n_tied": best.n_tied, "tied_trials": tied,
         "output_dir": a.get("output_dir"),
     }
     gain = "" if a.get("gain") is None else (
@@ -99,13 +117,12 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
             f"{best.n_tied} trials tie at that val accuracy ({', '.join(map(str, tied[:10]))}"
             f"{' ...' if len(tied) > 10 else ''}); the first found is named, as kdsweep.analysis does")
     lines = [
-        f"Best of {len(complete)} COMPLETE trials of study {study_name}: trial {trial.number}, "
+        f"Best of {len(complete)} COMPLETE trials{pruned} of study {study_name}: trial {trial.number}, "
         f"T={g4(a.get('temperature'))}, alpha={g4(a.get('alpha'))}"
         + "".join(f", {k}={g4(v)}" for k, v in trial.params.items() if k not in ("loss.temperature", "loss.alpha")),
         f"  val acc {g4(trial.value)}, test acc {g4(a.get('test_acc'))}{gain}",
         f"  {ties}",
-        f"  results: {sweep_dir / 'optimization_results.yaml'}; trial folders {sweep_dir}/N; study {study_name} "
-        f"in {shown_storage}",
+        where,
         f"  analyse: python -m kdsweep.analysis {sweep_dir}",
     ]
     return "\n".join(lines), results

@@ -194,3 +194,12 @@ def redact_config(config: DictConfig) -> None:
     value = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
     if isinstance(value, str) and url_password(value) is not None:
         set_hydra_override(config, "hydra.sweeper.storage", redact_url(value))
+
+
+def absolute_url(where: StorageURL) -> str:
+    """The URL with a file storage's relative path made absolute (against this process's folder), so a
+    job that runs elsewhere (a submitit worker, another folder) opens the same file."""
+    if where.file is None:
+        return where.url
+    prefix = JOURNAL if where.kind == "journal" else "sqlite:///"
+    return prefix + str(where.file.absolute())

@@ -1,4 +1,4 @@
-"""The `hydra/sweeper=kdsweep_optuna` schema: the official Optuna sweeper's options, plus two of ours.
+"""The `hydra/sweeper=kdsweep_optuna` schema: the official Optuna sweeper's options, plus ours.
 
 The keys are those of hydra-optuna-sweeper's `OptunaSweeperConf`, so a config written for it works
 here once `override hydra/sweeper: optuna` reads `override hydra/sweeper: kdsweep`. The samplers are
@@ -38,6 +38,11 @@ class KDSweepSweeperConf:
     # missed `stale_after` seconds of heartbeats.
     heartbeat_interval: int = 30
     stale_after: int = 300
+    # optuna.pruners.X's keyword arguments, with `_target_`, or null (no pruning): chosen in kdsweep.yaml's
+    # defaults list (`- pruner: none`), or with hydra/sweeper/pruner=NAME. Each job builds it (kdsweep.pruning).
+    pruner: Any = None
+    # Epochs between a trial's reports of its val accuracy to its Optuna trial (and pruning checks).
+    report_every: int = 1
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="kdsweep_optuna", node=KDSweepSweeperConf, provider="kdsweep")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from kdsweep.analysis.tables import NothingToCompare
+from kdsweep.analysis.tables import NothingToCompare, complete
 
 if TYPE_CHECKING:
     import optuna
@@ -37,6 +37,7 @@ def study_from_trials(trials: pd.DataFrame) -> optuna.Study:
     CANDIDATES) and their val accuracy as the value. Raises NothingToCompare when nothing varies."""
     import optuna
 
+    trials = complete(trials)
     kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
     params = [c for c in CANDIDATES if c in kd and kd[c].notna().all() and kd[c].nunique() > 1]
     if kd.empty or not params:

@@ -1,7 +1,9 @@
 """Trials from disk or from an Optuna study's storage, one tidy row each, and the newest sweep.
 
 A row holds the trial's config, results and timings (its metrics.json, flattened), its folder
-(`path`), its `trial_number` and its `load_order`:
+(`path`), its `status` ("complete", or "pruned": the pruner stopped it early, so its accuracies are
+those of fewer epochs; kdsweep.analysis.tables leaves such trials out), its `trial_number` and its
+`load_order`:
 - `trial_number`: the Optuna trial number when the trial was read from a study's storage; otherwise
   the trial folder's name when it is a whole number (kdsweep's sweeper names each trial's folder by
   its Optuna trial number, Hydra's basic sweeper by the job number); otherwise missing.
@@ -132,7 +134,8 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
             return skip(f"metrics.json is incomplete (no {section})")
         if missing := [k for k in keys if k not in part]:
             return skip(f"metrics.json is incomplete (no {section}.{missing[0]})")
-    return {**metrics["config"], **metrics["results"], **metrics["timings"], "path": str(folder)}
+    status = metrics.get("status", "complete")  # written by kdsweep since pruning; earlier trials all completed
+    return {**metrics["config"], **metrics["results"], **metrics["timings"], "status": status, "path": str(folder)}
 
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -229,7 +232,7 @@ def _study_names(storage: str) -> list[str]:
 
 
 def study_trials(study: optuna.Study) -> pd.DataFrame:
-    """One row per COMPLETE trial of `study`, read from the metrics.json in its folder.
+    """One row per COMPLETE or PRUNED trial of `study`, read from the metrics.json in its folder.
 
     The folder is the trial's `output_dir` user attribute (kdsweep's sweeper sets it); `trial_number`
     is the Optuna trial number. A trial without that attribute or whose folder holds no complete
@@ -238,7 +241,8 @@ def study_trials(study: optuna.Study) -> pd.DataFrame:
     from optuna.trial import TrialState
 
     rows = []
-    for trial in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    for trial in sorted(study.get_trials(deepcopy=False, states=finished), key=lambda t: t.number):
         folder = trial.user_attrs.get("output_dir")
         if folder is None:
             warnings.warn(f"skipping trial {trial.number} of study {study.study_name}: it has no output_dir "

@@ -44,8 +44,9 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     if trials.empty:
         raise FileNotFoundError(f"no trials (metrics.json files) in {source}")
     report = Report(source=source, tables={"trials": trials})
-    if not (trials["loss"] == "kd").any():
-        report.summary.append(f"{len(trials)} trials from {source}, none distilled (loss=kd): nothing to compare.")
+    if not (tables.complete(trials)["loss"] == "kd").any():
+        report.summary.append(f"{len(trials)} trials from {source}{_pruned(trials)}, none distilled (loss=kd) that "
+                              "trained every epoch: nothing to compare.")
         return report
     t_alpha = tables.optimal_t_alpha(trials)
     report.tables.update(best_t_alpha=t_alpha.best, t_alpha_points=t_alpha.points,
@@ -89,7 +90,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
     """The report's findings as sentences: the chosen (T, alpha) with its ties and the baseline, where
     distillation pays, hurts or cannot be told from noise, and which parameter matters."""
     kd = int((trials["loss"] == "kd").sum())
-    lines = [f"{len(trials)} trials ({kd} distilled) from {source}."]
+    lines = [f"{len(trials)} trials ({kd} distilled) from {source}{_pruned(trials)}."]
     for _, best in t_alpha.best.iterrows():
         name = _student(best, t_alpha)
         first = f" (trial {best['first_trial']})" if best["first_trial"] is not pd.NA else ""
@@ -137,6 +138,12 @@ def labels_summary(table: pd.DataFrame) -> list[str]:
         lines.append(f"{who} (baseline {r['baseline_test_acc']:.4f} test, distilled {r['distilled_test_acc']:.4f} at "
                      f"{r['distilled_with']}): {describe(ci, _n(r['n_test']))}.")
     return lines
+
+
+def _pruned(trials: pd.DataFrame) -> str:
+    n = int((trials["status"] == "pruned").sum()) if "status" in trials else 0
+    return (f"; {n} of them pruned (stopped early by the pruner), left out of every table and choice below"
+            if n else "")
 
 
 def evidence_seeds(n: int) -> str:

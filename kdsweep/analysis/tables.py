@@ -26,7 +26,14 @@ class NothingToCompare(ValueError):
 GRID_LEVELS = 8  # a parameter with at most this many distinct values is a grid, shown value by value
 
 
+def complete(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials that trained every epoch: a pruned trial's accuracies are those of fewer epochs, so it
+    never competes for the best point and pairs with no baseline."""
+    return df[df["status"] == "complete"] if "status" in df else df
+
+
 def _kd(df: pd.DataFrame) -> pd.DataFrame:
+    df = complete(df)
     kd = df[df["loss"] == "kd"] if "loss" in df else df.iloc[:0]
     if kd.empty:
         raise ValueError("no distilled (loss=kd) trials to study")
@@ -59,6 +66,7 @@ def first_found(df: pd.DataFrame) -> np.ndarray:
 def paired_baselines(df: pd.DataFrame) -> pd.DataFrame:
     """The cross-entropy student's val/test accuracy per student and seed: from the `loss=ce` runs
     where there are some, else from the baseline that every distilled run reports (the same numbers)."""
+    df = complete(df)
     keys = [*keys_in(df, STUDENT), "seed"]
     ce = df[df["loss"] == "ce"].drop(columns=["baseline_val_acc", "baseline_test_acc"], errors="ignore")
     ce = ce.assign(baseline_source="ce run").rename(columns={"best_val_acc": "baseline_val_acc", "test_acc": "baseline_test_acc"})
