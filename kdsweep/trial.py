@@ -325,6 +325,8 @@ def finish_trial(
             "data": settings.data["name"],
             # the student's transfer set; with train.labels, `labels` of its examples have a hard label
             "train_size": len(student_view(settings, inputs)[0].train),
+            "val_size": len(data.val),  # accuracies are counts out of these: the analysis's intervals need them
+            "test_size": len(data.test),
             "labels": None if inputs.labelled is None else len(inputs.labelled),
             "transfer_set": None if inputs.labelled is None else settings.train.transfer_set,
             "teacher_train_size": len(data.train) if inputs.teacher_logits is not None else None,

@@ -2,8 +2,11 @@
 # The whole project: data file, teacher logits, a sweep over T and alpha, and its analysis.
 # Usage: examples/own_data/run.sh [N_TRIALS] [EPOCHS]   (defaults 12 and 40; CI runs 3 and 3)
 set -euo pipefail
-cd "$(dirname "$0")"
+# The Python that has kdsweep installed: the active one, or PYTHON=path/to/venv/bin/python (a relative
+# path is taken from where you start the script, before it moves into its own folder).
 PYTHON="${PYTHON:-python}"
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
+cd "$(dirname "$0")"
 N_TRIALS="${1:-12}"
 EPOCHS="${2:-40}"
 
