@@ -24,6 +24,8 @@ def test_a_run_writes_complete_metrics(tmp_path, tiny):
     assert (config["student_width"], config["student_depth"], config["epochs"], config["seed"]) == (16, 1, 2, 0)
     assert config["student_params"] == 64 * 16 + 16 + 16 * 10 + 10
     assert config["teacher_params"] > config["student_params"]
+    # digits' 1,797 images, split 20 % val and 20 % test: the counts every accuracy is out of.
+    assert config["train_size"] + config["val_size"] + config["test_size"] == 1797 and config["test_size"] == 359
     for key in ("best_val_acc", "test_acc", "teacher_val_acc", "teacher_test_acc", "agreement",
                 "baseline_val_acc", "baseline_test_acc"):
         assert 0.0 <= results[key] <= 1.0, key
