@@ -45,8 +45,10 @@ def test_editing_the_students_width_in_a_yaml_file_makes_a_new_study(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     kdsweep(work, *NO_WIDTH, "hydra.sweeper.n_trials=1", flags=("-cp", str(conf)))
-    cnn = conf / "model" / "cnn.yaml"
-    cnn.write_text(cnn.read_text().replace("width: 16", "width: 24"))
+    # The default pair (model/cnn.yaml) takes its student from model/student/mlp.yaml: width 16 there.
+    student = conf / "model" / "student" / "mlp.yaml"
+    assert "width: 16\n" in student.read_text()
+    student.write_text(student.read_text().replace("width: 16\n", "width: 24\n"))
     proc = kdsweep(work, *NO_WIDTH, "hydra.sweeper.n_trials=1", flags=("-cp", str(conf)))
     assert "Launching" in proc.stdout + proc.stderr  # a new study: it ran a trial, not "nothing to do"
     found = studies(work)
