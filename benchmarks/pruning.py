@@ -1,6 +1,6 @@
 """What a pruner buys a sweep: the same TPE sweep with and without it, per sampler seed.
 
-    python benchmarks/pruning.py [--trials 40] [--seeds 0 1 2] [--pruner median] [-- OVERRIDE ...]
+    python benchmarks/pruning.py [--trials 40] [--seeds 0 1 2] [--pruner median] [--pruner-set KEY=VALUE ...] [-- OVERRIDE ...]
 
 For each sampler seed, the sweep runs without a pruner and with `hydra/sweeper/pruner=PRUNER`, one
 after the other (interleaved, since timings drift within minutes), each in a fresh folder with its own
@@ -10,7 +10,8 @@ that trial's test accuracy; then, per pruner setting, the median wall time and t
 val over seeds. The issue's target: the pruned sweep takes at most half the wall time and finds a best
 val within the spread of the unpruned sweeps.
 
-OVERRIDEs (after `--`) go to every run, e.g. the Fashion-MNIST workload: data=fashion_mnist model.student.width=128
+--pruner-set KEY=VALUE sets a key of the pruner's config in the pruned runs only (e.g.
+--pruner-set n_warmup_steps=100 is hydra.sweeper.pruner.n_warmup_steps=100). OVERRIDEs (after `--`) go to every run, e.g. the Fashion-MNIST workload: data=fashion_mnist model.student.width=128
 train.epochs=10 (check the data and model files for the 784-128-10 student). A smoke run, not a
 measurement: --trials 6 --seeds 0 -- train.epochs=4.
 """
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pruner", default="median", help="a file of conf/hydra/sweeper/pruner/")
+    parser.add_argument("--pruner-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="hydra.sweeper.pruner.KEY=VALUE in the pruned runs only")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
 
@@ -68,7 +71,8 @@ def main() -> None:
     cache = root / "cache"
     common = [f"cache_dir={cache}", *args.overrides]
     kdsweep(*common, f"hydra.run.dir={root / 'warmup'}", cwd=root)  # the teacher and baseline, cached
-    print(f"{args.trials}-trial TPE sweeps, pruner none vs {args.pruner}; overrides: {' '.join(args.overrides) or '-'}; "
+    pruner_keys = [f"hydra.sweeper.pruner.{kv}" for kv in args.pruner_set]
+    print(f"{args.trials}-trial TPE sweeps, pruner none vs {args.pruner} {' '.join(args.pruner_set)}; overrides: {' '.join(args.overrides) or '-'}; "
           f"{os.cpu_count()} cores; folders in {root}")
     print(f"{'seed':>4} {'pruner':>10} {'wall s':>8} {'pruned':>6} {'best val':>9} {'its test':>9}")
     rows = []
@@ -78,6 +82,7 @@ def main() -> None:
             folder.mkdir()
             seconds = kdsweep("-m", *common, f"hydra.sweeper.n_trials={args.trials}",
                               f"hydra.sweeper.sampler.seed={seed}", f"hydra/sweeper/pruner={pruner}",
+                              *(pruner_keys if pruner != "none" else []),
                               f"hydra.sweep.dir={folder / 'sweep'}", cwd=folder)
             f = sweep_figures(folder)
             rows.append({"seed": seed, "pruner": pruner, "wall": seconds, **f})

@@ -99,9 +99,15 @@ def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
     try:
         pruner = instantiate(node)
     except InstantiationException as e:
-        why = " ".join(str(e).split())  # Hydra's message spans lines: one paragraph
+        # Hydra's message spans lines and ends with a hint about HYDRA_FULL_ERROR: one paragraph, without it.
+        why = " ".join(str(e).split()).split(", set env var HYDRA_FULL_ERROR")[0].rstrip(".")
+        if "Error locating target" in why:
+            raise ConfigError(f"hydra.sweeper.pruner._target_={target} names no class that can be imported ({why}). "
+                              "It must be an Optuna pruner class such as optuna.pruners.MedianPruner, or a file of "
+                              "the hydra/sweeper/pruner group (median, percentile, successive_halving, hyperband, "
+                              "wilcoxon, none).") from None
         raise ConfigError(f"hydra.sweeper.pruner cannot be built (hydra.sweeper.pruner._target_={target}): "
-                          f"{why}. Its arguments are those of the class's constructor.") from None
+                          f"{why}. Its keys are the arguments of that class's constructor.") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise ConfigError(f"hydra.sweeper.pruner._target_ must name an Optuna pruner class (a subclass of "
                           f"optuna.pruners.BasePruner, e.g. optuna.pruners.MedianPruner), but got "

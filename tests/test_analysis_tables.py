@@ -115,6 +115,9 @@ def test_ties_are_counted_and_named_as_the_sweeper_does(tmp_path):
     assert ("Best (T, alpha) by val accuracy over 1 seed: T=5.5, alpha=0.52 (trial 2), val 0.9554; 3 points tie at "
             "that val accuracy (also T=1.04, alpha=0.54; T=12, alpha=0.55): the one found first is named. The "
             "baseline's val accuracy is 0.9554 (the same).") in text
+    # One seed per point: no interval, and the command to get them names the chosen point.
+    assert ("To tell a gain from noise, rerun the best point with seeds: python -m kdsweep.run -m search=grid "
+            "loss.temperature=5.5 loss.alpha=0.52 seed=0,1,2,3,4.") in text
 
 
 def test_a_tie_over_seeds_survives_float32_noise_and_goes_to_the_point_found_first(tmp_path):

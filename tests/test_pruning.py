@@ -107,6 +107,12 @@ def test_a_target_that_is_no_pruner_is_refused():
         make_pruner({"_target_": "collections.OrderedDict"})
     with pytest.raises(ConfigError, match="hydra.sweeper.pruner cannot be built .*MedianPruner.*n_startup_trialz"):
         make_pruner({"_target_": "optuna.pruners.MedianPruner", "n_startup_trialz": 5})
+    with pytest.raises(ConfigError) as misspelt:
+        make_pruner({"_target_": "optuna.pruners.MedianPrunr"})
+    message = str(misspelt.value)
+    assert message.startswith("hydra.sweeper.pruner._target_=optuna.pruners.MedianPrunr names no class that can be "
+                              "imported (Error locating target 'optuna.pruners.MedianPrunr'). It must be an Optuna pruner class")
+    assert "HYDRA_FULL_ERROR" not in message and ".." not in message and "\n" not in message
 
 
 def test_trial_pruned_crosses_processes_intact():

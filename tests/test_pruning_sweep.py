@@ -52,6 +52,7 @@ def test_a_trial_pruned_at_a_known_epoch_through_each_launcher(tmp_path, launche
         assert t.user_attrs["val_acc"] == m["results"]["best_val_acc"]
         assert f"Trial {t.number} (" in output and "pruned at epoch 2, best val so far" in output
     assert "2/2 finished (0 COMPLETE, 2 PRUNED)" in output
+    assert "Error executing job" not in output  # a pruned trial is no error: Hydra's failure line stays out
     assert "No COMPLETE trial in study" in output and "(2 more were PRUNED)" in output
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert (results["best_trial"], results["n_complete"], results["n_pruned"]) == (None, 0, 2)

@@ -106,6 +106,7 @@ def test_a_sweep_is_persistent_and_its_trials_carry_their_metrics(tmp_path, tiny
     before = (sweep / "0" / "metrics.json").read_text()
     proc = run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=2", multirun=True)
     assert "Launching" not in proc.stdout + proc.stderr
+    assert f"Study {study.study_name} already holds 2 finished trials (n_trials=2): nothing to run." in proc.stdout + proc.stderr
     # Raising n_trials adds the missing trials only, in new folders; new points, not a replay.
     run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=3", multirun=True)
     trials = the_study(url).get_trials()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.utils import JobStatus
 from hydra.types import HydraContext
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -234,13 +235,16 @@ def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: in
 
 def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -> None:
     """Record one finished job: its value and metrics, PRUNED, or FAIL with the reason (never a NaN)."""
+    # JobReturn.return_value writes Hydra's "Error executing job with overrides" to stderr before it
+    # re-raises a job's exception: right for a failure, noise for a pruned trial, which is no error.
+    # So a pruned job's exception is read from the field behind that property.
+    if ret.status == JobStatus.FAILED and isinstance(ret._return_value, TrialPruned):  # noqa: SLF001
+        _pruning.tell_pruned(study, trial, ret._return_value, output_dir)  # noqa: SLF001
+        return
     try:
         value = float(ret.return_value)  # re-raises the job's exception
         if not math.isfinite(value):
             raise ValueError(f"the objective is {value}; a non-finite value is never handed to Optuna")
-    except TrialPruned as e:
-        _pruning.tell_pruned(study, trial, e, output_dir)
-        return
     except Exception as e:
         reason = _first_paragraph(e)
         log.warning("Trial %d failed: %s", trial.number, reason, exc_info=not isinstance(e, KDSweepError))
@@ -305,6 +309,11 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend)
             if not trials:
                 if finished >= n_trials:
+                    if finished_here == 0 and not waiting:
+                        log.info("Study %s already holds %d finished trials (n_trials=%d): nothing to run. To add "
+                                 "trials, raise hydra.sweeper.n_trials (a sampler or pruner changed since applies "
+                                 "to the new trials only); for a new study, set hydra.sweeper.study_name.",
+                                 name, finished, n_trials)
                     break
                 if not waiting:
                     log.info("Waiting: %d trials are RUNNING in other workers, %d finished", running, finished)

@@ -111,7 +111,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
-    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched))
+    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best))
     if ranked is not None:
         method = next(m for m in importance.METHODS if m in ranked)
         keys = [k for k in t_alpha.by if k in ranked]
@@ -159,7 +159,7 @@ def _student(row: pd.Series, t_alpha: tables.TAlphaStudy) -> str:
     return (plots._label(row, vary) + ": ") if vary else ""
 
 
-def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str]) -> str:
+def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str], best: pd.DataFrame | None = None) -> str:
     """Across the (T, alpha) points: where the paired gain's interval lies above 0, below 0, or neither."""
     if "gain" not in points_table or points_table["gain"].isna().all():
         return "No trial has a paired baseline (baseline=false and no loss=ce runs): the gain is unknown."
@@ -168,11 +168,15 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
     several = known[known["n_paired"] >= 2]
     if several.empty:
         g = 100 * known["gain"]
+        # With one student, the command names its chosen point (the tie rule's), ready to paste.
+        point = "loss.temperature=T loss.alpha=ALPHA"
+        if best is not None and len(best) == 1:
+            point = f"loss.temperature={best['temperature'].iloc[0]:.6g} loss.alpha={best['alpha'].iloc[0]:.6g}"
         return (f"Every (T, alpha) point was run with one seed, so no single point has an interval: the {len(known)} "
                 f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on "
                 f"{n_test or 'an unknown number of'} "
-                "test images. To tell a gain from noise, rerun the best points with seeds: python -m kdsweep.run -m search=grid "
-                "loss.temperature=T loss.alpha=ALPHA seed=0,1,2,3,4.")
+                "test images. To tell a gain from noise, rerun the best point with seeds: python -m kdsweep.run -m search=grid "
+                f"{point} seed=0,1,2,3,4.")
 
     vary = [k for k in by if points_table[k].nunique(dropna=False) > 1]
 
