@@ -22,6 +22,8 @@ when a trial is pruned-for: a single run never imports it.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +99,9 @@ def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
 
     target = node.get("_target_")
     try:
-        pruner = instantiate(node)
+        with warnings.catch_warnings():  # WilcoxonPruner's "experimental" notice, in every job: noise in a sweep's log
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            pruner = instantiate(node)
     except InstantiationException as e:
         # Hydra's message spans lines and ends with a hint about HYDRA_FULL_ERROR: one paragraph, without it.
         why = " ".join(str(e).split()).split(", set env var HYDRA_FULL_ERROR")[0].rstrip(".")
