@@ -206,11 +206,11 @@ def fail_abandoned(study: optuna.Study, stale_after: float) -> None:
             log.warning("Trial %d was left RUNNING: %s; marked FAIL", trial.number, why)
 
 
-def own_errors(study: optuna.Study, since: int) -> list[FrozenTrial]:
-    """Trials numbered `since` or later that failed by their own fault (interrupted ones do not
-    count): a rerun after fixing the cause starts with a fresh budget."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.number >= since and not str(t.user_attrs.get(_report.REASON_ATTR, "")).startswith(INTERRUPTED)]
+def own_errors(trials: list[FrozenTrial], since: int) -> list[FrozenTrial]:
+    """Of the study's `trials`, those numbered `since` or later that failed by their own fault
+    (interrupted ones do not count): a rerun after fixing the cause starts with a fresh budget."""
+    return [t for t in trials if t.state == TrialState.FAIL and t.number >= since
+            and not str(t.user_attrs.get(_report.REASON_ATTR, "")).startswith(INTERRUPTED)]
 
 
 def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: int, space: SearchSpace,
@@ -251,8 +251,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -
         trial.set_user_attr("output_dir", str(output_dir))
         fail(study, trial, reason)
         return
-    for key, attr in _report.metrics_attrs(output_dir).items():
-        trial.set_user_attr(key, attr)
+    _report.record_metrics(trial, output_dir)
     study.tell(trial, value)
 
 
@@ -351,7 +350,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             counts = [sum(t.state == state for t in now) for state in FINISHED]
             for trial in trials:
                 log.info(_report.trial_line(now[trial.number], *counts, n_trials, pace))
-            errors = own_errors(study, since)
+            errors = own_errors(now, since)  # the trials read for the lines above
             if len(errors) > budget:
                 raise KDSweepError(
                     f"{len(errors)} trials of study {name} failed since this worker started, more than max_failure_rate="

@@ -55,7 +55,6 @@ def trial_override(number: int) -> str:
 def tell_pruned(study: optuna.Study, trial: optuna.Trial, e: TrialPruned, output_dir: Path) -> None:
     """Record a pruned job: its metrics and the epoch it reached as user attributes, then PRUNED (Optuna
     takes the trial's value from its last report)."""
-    for key, attr in _report.metrics_attrs(output_dir).items():
-        trial.set_user_attr(key, attr)
+    _report.record_metrics(trial, output_dir)
     trial.set_user_attr(EPOCH_ATTR, e.epoch)
     study.tell(trial, state=TrialState.PRUNED)

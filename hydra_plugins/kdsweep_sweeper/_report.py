@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from kdsweep.cache import atomic_write
 from kdsweep.selection import Best, best_with_ties
@@ -45,6 +45,12 @@ def metrics_attrs(output_dir: Path) -> dict[str, Any]:
         seconds=sum(v for k, v in timings.items() if k.endswith("_seconds") and isinstance(v, (int, float))),
     )
     return attrs
+
+
+def record_metrics(trial: Trial, output_dir: Path) -> None:
+    """Store the trial's results from its metrics.json (`metrics_attrs`) as its user attributes."""
+    for key, attr in metrics_attrs(output_dir).items():
+        trial.set_user_attr(key, attr)
 
 
 def g4(value: Any) -> str:
