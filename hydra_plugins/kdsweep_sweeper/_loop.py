@@ -35,8 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _identity, _pruning
+from hydra_plugins.kdsweep_sweeper import _grid, _identity, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
+from hydra_plugins.kdsweep_sweeper._grid import Grid
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
 from hydra_plugins.kdsweep_sweeper._search_space import SearchSpace, job_overrides, parse, probes
 from hydra_plugins.kdsweep_sweeper._storage import StorageURL, close, open_storage, set_hydra_override, storage_url
@@ -215,13 +216,16 @@ def own_errors(trials: list[FrozenTrial], since: int) -> list[FrozenTrial]:
 
 def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: int, space: SearchSpace,
         make_sampler: Callable[[int], optuna.samplers.BaseSampler],
-        extend: Callable[[optuna.Trial], None] | None) -> tuple[list[optuna.Trial], int, int]:
-    """Under the claim lock: fail abandoned trials, count, and ask for as many as are missing."""
+        extend: Callable[[optuna.Trial], None] | None, grid: Grid | None = None) -> tuple[list[optuna.Trial], int, int]:
+    """Under the claim lock: fail abandoned trials, count, and ask for as many as are missing.
+    A grid counts points (each once, however many trials it holds), not trials."""
     with claim_lock(study._storage, where, study.study_name):  # noqa: SLF001
         fail_abandoned(study, opts.stale_after)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
+        if grid is not None:
+            finished, running = grid.progress(trials)
         asked = []
         for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, n_trials - finished - running))):
             study.sampler = make_sampler(number)  # the next trial's number: reseeded per trial
@@ -264,7 +268,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     if not space.distributions and not opts.custom_search_space:
         raise ConfigError("the sweep searches nothing: hydra.sweeper.params is empty and no override on the command "
                           "line is a sweep. Give one, e.g. loss.temperature=interval(1,16).")
-    make_sampler, grid_size = sampler_factory(opts.sampler, space.distributions)
+    make_sampler, grid = sampler_factory(opts.sampler, space.distributions)
+    grid_size = None if grid is None else grid.size
     n_trials = opts.n_trials if grid_size is None else min(opts.n_trials, grid_size)
     extend = None
     if opts.custom_search_space:
@@ -305,7 +310,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     waiting, started, finished_here = False, time.monotonic(), 0
     try:
         while True:
-            trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend)
+            trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend, grid)
             if not trials:
                 if finished >= n_trials:
                     if finished_here == 0 and not waiting:
@@ -313,6 +318,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                                  "trials, raise hydra.sweeper.n_trials (a sampler or pruner changed since applies "
                                  "to the new trials only); for a new study, set hydra.sweeper.study_name.",
                                  name, finished, n_trials)
+                    if grid is not None:
+                        log.info(_grid.end_line(finished, grid.size, n_trials))
                     break
                 if not waiting:
                     log.info("Waiting: %d trials are RUNNING in other workers, %d finished", running, finished)
