@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
         f"  val acc {g4(trial.value)}, test acc {g4(a.get('test_acc'))}{gain}",
         f"  {ties}",
         where,
-        f"  analyse: python -m kdsweep.analysis {sweep_dir}",
+        f"  analyse: python -m kdsweep.analysis {shlex.quote(str(sweep_dir))}",
     ]
     return "\n".join(lines), results
 

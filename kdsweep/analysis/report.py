@@ -111,7 +111,7 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
-    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best))
+    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best, rerun_with_seeds(trials, t_alpha)))
     if ranked is not None:
         method = next(m for m in importance.METHODS if m in ranked)
         keys = [k for k in t_alpha.by if k in ranked]
@@ -159,7 +159,33 @@ def _student(row: pd.Series, t_alpha: tables.TAlphaStudy) -> str:
     return (plots._label(row, vary) + ": ") if vary else ""
 
 
-def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str], best: pd.DataFrame | None = None) -> str:
+def rerun_with_seeds(trials: pd.DataFrame, t_alpha: tables.TAlphaStudy, seeds: str = "0,1,2,3,4") -> str | None:
+    """The command that reruns the chosen point with `seeds` (one student only; None otherwise): the
+    first-found trial at that point, with every override it ran with (`kdsweep.commands`), as a grid
+    of Hydra's basic sweeper. Its folder lacks .hydra/hydra.yaml: the point alone, and a warning."""
+    from kdsweep.commands import trial_command
+    from kdsweep.errors import ConfigError
+
+    if len(t_alpha.best) != 1 or "path" not in trials:
+        return None
+    best = t_alpha.best.iloc[0]
+    kd = trials[(trials["loss"] == "kd") & (trials["temperature"] == best["temperature"]) & (trials["alpha"] == best["alpha"])]
+    for key in [*t_alpha.by, *t_alpha.searched]:
+        if key in kd and best[key] == best[key]:  # NaN (a key the trials lack) matches NaN
+            kd = kd[kd[key] == best[key]]
+    if kd.empty:
+        return None
+    folder = kd["path"].iloc[int(np.argmin(tables.first_found(kd)))]
+    try:
+        return trial_command(folder, {"search": "grid", "seed": seeds}, multirun=True)
+    except ConfigError as e:
+        point = f"loss.temperature={best['temperature']:.6g} loss.alpha={best['alpha']:.6g}"
+        return (f"python -m kdsweep.run -m search=grid {point} seed={seeds}. Add the sweep's own overrides (data, "
+                f"model, epochs, ...): {e}").rstrip(".")
+
+
+def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str], best: pd.DataFrame | None = None,
+           rerun: str | None = None) -> str:
     """Across the (T, alpha) points: where the paired gain's interval lies above 0, below 0, or neither."""
     if "gain" not in points_table or points_table["gain"].isna().all():
         return "No trial has a paired baseline (baseline=false and no loss=ce runs): the gain is unknown."
@@ -175,8 +201,8 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
         return (f"Every (T, alpha) point was run with one seed, so no single point has an interval: the {len(known)} "
                 f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on "
                 f"{n_test or 'an unknown number of'} "
-                "test images. To tell a gain from noise, rerun the best point with seeds: python -m kdsweep.run -m search=grid "
-                f"{point} seed=0,1,2,3,4.")
+                "test images. To tell a gain from noise, rerun the best point with seeds: "
+                + (rerun or f"python -m kdsweep.run -m search=grid {point} seed=0,1,2,3,4") + ".")
 
     vary = [k for k in by if points_table[k].nunique(dropna=False) > 1]
 
