@@ -126,3 +126,24 @@ def test_a_grid_killed_mid_trial_then_resumed_runs_each_point_exactly_once(tmp_p
     log = again.stdout + again.stderr
     assert "Launching" not in log and "nothing to run" in log and "grid finished: 4 of 4 points done" in log
     assert len(the_study(url).get_trials()) == 5
+
+
+TINY_GRID = ["model.teacher.epochs=2", "model.student.width=16", "train.num_threads=1", "train.epochs=2",
+             "hydra/sweeper/sampler=grid", *GRID]
+
+
+@pytest.mark.slow
+def test_two_workers_split_one_grid_and_a_raised_n_trials_runs_only_the_points_left(tmp_path):
+    from test_survive import folders, sqlite_url, start, the_study
+
+    url = sqlite_url(tmp_path)
+    first = run_cli(tmp_path, *TINY_GRID, "hydra.sweeper.n_trials=1", multirun=True)  # one point of four
+    assert "grid stopped at n_trials=1: 1 of 4 points done" in first.stdout + first.stderr
+    procs = [start(tmp_path, *TINY_GRID, tag=f"worker{i}") for i in range(2)]  # n_trials=20: capped at 4
+    for i, proc in enumerate(procs):
+        assert proc.wait(timeout=600) == 0, (tmp_path / f"worker{i}.out").read_text()
+        assert "grid finished: 4 of 4 points done" in (tmp_path / f"worker{i}.out").read_text()
+    trials = the_study(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # no point twice, none RUNNING, none lost
+    assert sorted(point(t) for t in trials) == sorted(ALL)
+    assert folders(tmp_path / "sweep") == ["0", "1", "2", "3"]
