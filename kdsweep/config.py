@@ -34,8 +34,8 @@ class LossSettings:
 
     def checked(self) -> LossSettings:
         _require(self.name in LOSSES, "loss.name", self.name, f"one of {sorted(LOSSES)}")
-        if self.name == "ce":
-            return self
+        if self.name == "ce":  # T and alpha do not enter cross-entropy: null, not values that had no effect
+            return LossSettings("ce", None, None)
         _require(_is_number(self.temperature) and self.temperature > 0, "loss.temperature",
                  self.temperature, "a number > 0 (T=1 leaves the teacher's softmax as it is)")
         _require(_is_number(self.alpha) and 0 <= self.alpha <= 1, "loss.alpha", self.alpha,

@@ -147,3 +147,26 @@ def test_two_workers_split_one_grid_and_a_raised_n_trials_runs_only_the_points_l
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4  # no point twice, none RUNNING, none lost
     assert sorted(point(t) for t in trials) == sorted(ALL)
     assert folders(tmp_path / "sweep") == ["0", "1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_a_point_that_fails_by_its_own_fault_waits_for_the_next_run_and_is_named(tmp_path):
+    # Under submitit (Hydra #1928: a failed submitit job reported as completed): the diverged trial
+    # is FAIL in the study, with its reason, never COMPLETE.
+    from test_survive import sqlite_url, the_study
+
+    grid = ["model.teacher.epochs=2", "model.student.width=16", "train.num_threads=1", "train.epochs=2",
+            "hydra/sweeper/sampler=grid", "loss.temperature=choice(2)", "loss.alpha=choice(0.5)",
+            "train.lr=choice(0.001,1e30)", "hydra.sweeper.max_failure_rate=1.0"]
+    for run, launcher in ((1, ["hydra/launcher=submitit_local"]), (2, [])):  # the launcher is not the study's
+        out = run_cli(tmp_path, *grid, *launcher, multirun=True)
+        log = out.stdout + out.stderr
+        trials = the_study(sqlite_url(tmp_path)).get_trials()
+        assert len(trials) == 1 + run  # the failed point once per run, not again and again within one
+        assert [t.params["train.lr"] for t in trials if t.state == TrialState.COMPLETE] == [0.001]
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        assert len(failed) == run and all(t.params["train.lr"] == 1e30 for t in failed)
+        assert all("training diverged" in t.user_attrs["fail_reason"] for t in failed)
+        assert (f"grid not finished: 1 of 2 points done; 1 failed in this run and were not retried: trial "
+                f"{failed[-1].number} (") in log
+        assert "Fix the cause and run the same command again: it runs the points left only." in log

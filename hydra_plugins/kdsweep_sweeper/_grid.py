@@ -11,7 +11,9 @@ order fixed by the sampler's seed.
 - Finished means COMPLETE or PRUNED, as for n_trials. A PRUNED point was judged: the pruner stopped
   it as worse than the others at the same epoch, and a rerun with the same seed would train the same
   way and be stopped again. A point whose trials all FAILed (its own error, or interrupted: Ctrl-C,
-  SIGTERM, kill -9) is run again.
+  SIGTERM, kill -9) is run again; one that failed by its own error in this run (a diverged lr, say)
+  waits for the next run of the command, rather than failing again at once until the failure budget
+  is spent: the log names it at the end.
 - A RUNNING trial holds its point: asking happens under the workers' claim lock (`_workers`), so two
   workers never take the same point, and a trial left RUNNING by a dead worker is failed (and its
   point freed) under that same lock before anything is asked.
@@ -53,6 +55,7 @@ class Grid:
         if seed is not None:
             random.Random(int(seed)).shuffle(self.points)
         self._keys = [self._key(p) for p in self.points]
+        self._failed: dict[tuple[float, ...], FrozenTrial] = {}  # point -> its trial that failed in this run
 
     @property
     def size(self) -> int:
@@ -82,13 +85,30 @@ class Grid:
         done, running = self.held(trials)
         return len(done), len(running)
 
-    def next_point(self, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
-        """The first point, in the grid's order, that holds neither a finished nor a RUNNING trial."""
+    def no_retry(self, failed: Sequence[FrozenTrial]) -> None:
+        """Leave the points of these trials (failed by their own fault in this run) for the next run."""
+        for trial in failed:
+            if (key := self.point_of(trial)) is not None:
+                self._failed.setdefault(key, trial)
+
+    def failed_points(self) -> list[FrozenTrial]:
+        """The trials whose points `no_retry` left for the next run and that no trial finished since."""
+        return list(self._failed.values())
+
+    def _left(self, trials: Sequence[FrozenTrial]) -> list[int]:
         done, running = self.held(trials)
-        for point, key in zip(self.points, self._keys):
-            if key not in done and key not in running:
-                return dict(zip(self.names, point))
-        return None
+        for key in done:
+            self._failed.pop(key, None)  # finished meanwhile (by another worker): nothing to report
+        return [i for i, key in enumerate(self._keys) if key not in done and key not in running and key not in self._failed]
+
+    def available(self, trials: Sequence[FrozenTrial]) -> int:
+        """How many points a new trial may take now: no finished or RUNNING trial, not left for the next run."""
+        return len(self._left(trials))
+
+    def next_point(self, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
+        """The first point, in the grid's order, that a new trial may take (`available`), or None."""
+        left = self._left(trials)
+        return dict(zip(self.names, self.points[left[0]])) if left else None
 
 
 class GridSampler(BaseSampler):
@@ -130,8 +150,13 @@ class GridSampler(BaseSampler):
 
 
 
-def end_line(done: int, size: int, n_trials: int) -> str:
-    """The log's last word on the grid: how many of its points hold a finished trial."""
+def end_line(done: int, size: int, n_trials: int, failed: Sequence[FrozenTrial] = ()) -> str:
+    """The log's last word on the grid: how many of its points hold a finished trial, and why not all."""
     if done >= size:
         return f"grid finished: {done} of {size} points done"
+    if failed:
+        which = "; ".join(f"trial {t.number} ({', '.join(f'{k}={v}' for k, v in t.params.items())}): "
+                          f"{t.user_attrs.get('fail_reason', 'no reason recorded')}" for t in failed)
+        return (f"grid not finished: {done} of {size} points done; {len(failed)} failed in this run and were not "
+                f"retried: {which}. Fix the cause and run the same command again: it runs the points left only.")
     return f"grid stopped at n_trials={n_trials}: {done} of {size} points done (raise hydra.sweeper.n_trials for the rest)"

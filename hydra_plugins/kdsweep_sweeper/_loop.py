@@ -218,16 +218,19 @@ def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: in
         make_sampler: Callable[[int], optuna.samplers.BaseSampler],
         extend: Callable[[optuna.Trial], None] | None, grid: Grid | None = None) -> tuple[list[optuna.Trial], int, int]:
     """Under the claim lock: fail abandoned trials, count, and ask for as many as are missing.
-    A grid counts points (each once, however many trials it holds), not trials."""
+    A grid counts points (each once, however many trials it holds), not trials, and asks no more
+    than the points left to run (`Grid.available`)."""
     with claim_lock(study._storage, where, study.study_name):  # noqa: SLF001
         fail_abandoned(study, opts.stale_after)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
+        room = n_trials - finished - running
         if grid is not None:
             finished, running = grid.progress(trials)
+            room = min(n_trials - finished - running, grid.available(trials))
         asked = []
-        for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, n_trials - finished - running))):
+        for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, room))):
             study.sampler = make_sampler(number)  # the next trial's number: reseeded per trial
             trial = study.ask(fixed_distributions=space.distributions)
             if extend is not None:
@@ -312,14 +315,14 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
         while True:
             trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend, grid)
             if not trials:
-                if finished >= n_trials:
-                    if finished_here == 0 and not waiting:
+                if finished >= n_trials or running == 0:  # short of n_trials: a grid's failed points
+                    if finished_here == 0 and not waiting and finished >= n_trials:
                         log.info("Study %s already holds %d finished trials (n_trials=%d): nothing to run. To add "
                                  "trials, raise hydra.sweeper.n_trials (a sampler or pruner changed since applies "
                                  "to the new trials only); for a new study, set hydra.sweeper.study_name.",
                                  name, finished, n_trials)
                     if grid is not None:
-                        log.info(_grid.end_line(finished, grid.size, n_trials))
+                        log.info(_grid.end_line(finished, grid.size, n_trials, grid.failed_points()))
                     break
                 if not waiting:
                     log.info("Waiting: %d trials are RUNNING in other workers, %d finished", running, finished)
@@ -358,6 +361,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             for trial in trials:
                 log.info(_report.trial_line(now[trial.number], *counts, n_trials, pace))
             errors = own_errors(now, since)  # the trials read for the lines above
+            if grid is not None:
+                grid.no_retry(errors)  # a point that failed by its own fault waits for the next run
             if len(errors) > budget:
                 raise KDSweepError(
                     f"{len(errors)} trials of study {name} failed since this worker started, more than max_failure_rate="
