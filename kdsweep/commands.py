@@ -44,8 +44,14 @@ def command(arguments: Sequence[str], cwd: str | Path | None = None, multirun: b
 
 def this_command() -> str:
     """The command line this process was started with, from the folder it was started in: what
-    "run the same command again" means, ready to paste."""
-    return command(sys.argv[1:], Path.cwd())
+    "run the same command again" means, ready to paste. kdsweep's entry point (`python -m
+    kdsweep.run` or the `kdsweep` console command) is written as `python -m kdsweep.run`; another
+    program as `python PROGRAM`."""
+    line = command(sys.argv[1:], Path.cwd())
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is None or program.name == "kdsweep" or program.resolve() == (Path(__file__).parent / "run.py").resolve():
+        return line
+    return line.replace(PROGRAM, f"python {shlex.quote(str(program.absolute()))}", 1)
 
 
 def _key(override: str) -> str:

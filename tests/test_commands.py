@@ -110,3 +110,15 @@ def test_the_resume_command_printed_on_ctrl_c_resumes_the_same_study(tmp_path):
     assert study.study_name == name
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(done) == 4 and len({tuple(t.params.values()) for t in done}) == 4
+
+
+def test_this_command_is_the_process_command_line_from_its_folder(monkeypatch, tmp_path):
+    import kdsweep.run
+    from kdsweep.commands import this_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [kdsweep.run.__file__, "-m", "data.path=a b.npz", "loss.alpha=0.3,0.5"])
+    assert shlex.split(this_command()) == ["cd", str(tmp_path), "&&", "python", "-m", "kdsweep.run", "-m",
+                                           "data.path=a b.npz", "loss.alpha=0.3,0.5"]
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "my app.py"), "x=1"])
+    assert shlex.split(this_command())[3:] == ["python", str(tmp_path / "my app.py"), "x=1"]
