@@ -90,7 +90,7 @@ def test_the_analysis_rerun_with_seeds_command_runs_the_same_experiment(tmp_path
 
 
 SLOW_GRID = ["model.teacher.epochs=2", "model.student.width=16", "train.num_threads=1", "train.epochs=400",
-             "hydra/sweeper/sampler=grid", "loss.temperature=choice(2,4)", "loss.alpha=choice(0.5,0.9)"]
+             "hydra/sweeper/sampler=grid", "loss.temperature=choice(2,4)", "loss.alpha=choice(0.5)"]  # 2 points
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ def test_the_resume_command_printed_on_ctrl_c_resumes_the_same_study(tmp_path):
     study = the_study(url)  # still the only study: the command resumed it, not a new one
     assert study.study_name == name
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
-    assert len(done) == 4 and len({tuple(t.params.values()) for t in done}) == 4
+    assert len(done) == 2 and len({tuple(t.params.values()) for t in done}) == 2  # the interrupted point ran
 
 
 def test_this_command_is_the_process_command_line_from_its_folder(monkeypatch, tmp_path):
