@@ -122,3 +122,22 @@ def test_this_command_is_the_process_command_line_from_its_folder(monkeypatch, t
                                            "data.path=a b.npz", "loss.alpha=0.3,0.5"]
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "my app.py"), "x=1"])
     assert shlex.split(this_command())[3:] == ["python", str(tmp_path / "my app.py"), "x=1"]
+
+
+def test_the_analysis_names_a_rerun_command_per_student_from_its_own_trial(tmp_path):
+    from analysis_trials import acc, write_trial
+    from kdsweep import analysis
+
+    for number, (width, T, val) in enumerate([(8, 2.0, 300), (8, 4.0, 310), (16, 2.0, 330), (16, 4.0, 320)]):
+        folder = write_trial(tmp_path / str(number), T=T, alpha=0.5, width=width, val=acc(val), test=acc(300),
+                             baseline=(acc(300), acc(299)))
+        (folder / ".hydra").rmdir()
+        write_hydra_yaml(folder, [f"loss.temperature={T}", "loss.alpha=0.5", f"model.student.width={width}",
+                                  "train.epochs=3"], ["hydra.sweep.subdir=" + str(number)], "/runs", None)
+    text = " ".join(analysis.build_report(analysis.load_trials(tmp_path), "hand-built").summary)
+    rerun = text.split("rerun the best point with seeds: ", 1)[1].rstrip(".")
+    eight, sixteen = rerun.split("; ")
+    assert eight == ("width=8: cd /runs && python -m kdsweep.run -m loss.temperature=4.0 loss.alpha=0.5 "
+                     "model.student.width=8 train.epochs=3 search=grid seed=0,1,2,3,4")
+    assert sixteen == ("width=16: cd /runs && python -m kdsweep.run -m loss.temperature=2.0 loss.alpha=0.5 "
+                       "model.student.width=16 train.epochs=3 search=grid seed=0,1,2,3,4")

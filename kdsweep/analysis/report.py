@@ -160,28 +160,32 @@ def _student(row: pd.Series, t_alpha: tables.TAlphaStudy) -> str:
 
 
 def rerun_with_seeds(trials: pd.DataFrame, t_alpha: tables.TAlphaStudy, seeds: str = "0,1,2,3,4") -> str | None:
-    """The command that reruns the chosen point with `seeds` (one student only; None otherwise): the
-    first-found trial at that point, with every override it ran with (`kdsweep.commands`), as a grid
-    of Hydra's basic sweeper. Its folder lacks .hydra/hydra.yaml: the point alone, and a warning."""
+    """The command that reruns each student's chosen point with `seeds` (None when no trial is found):
+    the first-found trial at that point, with every override it ran with (`kdsweep.commands`), as a
+    grid of Hydra's basic sweeper; with several students, one command each, after its student's name.
+    A trial folder without .hydra/hydra.yaml gets the point alone, and says what to add."""
     from kdsweep.commands import trial_command
     from kdsweep.errors import ConfigError
 
-    if len(t_alpha.best) != 1 or "path" not in trials:
+    if "path" not in trials:
         return None
-    best = t_alpha.best.iloc[0]
-    kd = trials[(trials["loss"] == "kd") & (trials["temperature"] == best["temperature"]) & (trials["alpha"] == best["alpha"])]
-    for key in [*t_alpha.by, *t_alpha.searched]:
-        if key in kd and best[key] == best[key]:  # NaN (a key the trials lack) matches NaN
-            kd = kd[kd[key] == best[key]]
-    if kd.empty:
-        return None
-    folder = kd["path"].iloc[int(np.argmin(tables.first_found(kd)))]
-    try:
-        return trial_command(folder, {"search": "grid", "seed": seeds}, multirun=True)
-    except ConfigError as e:
-        point = f"loss.temperature={best['temperature']:.6g} loss.alpha={best['alpha']:.6g}"
-        return (f"python -m kdsweep.run -m search=grid {point} seed={seeds}. Add the sweep's own overrides (data, "
-                f"model, epochs, ...): {e}").rstrip(".")
+    commands = []
+    for _, best in t_alpha.best.iterrows():
+        kd = trials[(trials["loss"] == "kd") & (trials["temperature"] == best["temperature"]) & (trials["alpha"] == best["alpha"])]
+        for key in [*t_alpha.by, *t_alpha.searched]:
+            if key in kd:  # a NaN key (a setting the trials lack) matches NaN
+                kd = kd[(kd[key] == best[key]) | (kd[key].isna() & (best[key] != best[key]))]
+        if kd.empty:
+            return None
+        folder = kd["path"].iloc[int(np.argmin(tables.first_found(kd)))]
+        try:
+            line = trial_command(folder, {"search": "grid", "seed": seeds}, multirun=True)
+        except ConfigError as e:
+            point = f"loss.temperature={best['temperature']:.6g} loss.alpha={best['alpha']:.6g}"
+            line = (f"python -m kdsweep.run -m search=grid {point} seed={seeds}. Add the sweep's own overrides (data, "
+                    f"model, epochs, ...): {str(e).rstrip('.')}")
+        commands.append(f"{_student(best, t_alpha)}{line}")
+    return "; ".join(commands)
 
 
 def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str], best: pd.DataFrame | None = None,
@@ -194,7 +198,7 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
     several = known[known["n_paired"] >= 2]
     if several.empty:
         g = 100 * known["gain"]
-        # With one student, the command names its chosen point (the tie rule's), ready to paste.
+        # The command names each student's chosen point (the tie rule's), ready to paste (`rerun`).
         point = "loss.temperature=T loss.alpha=ALPHA"
         if best is not None and len(best) == 1:
             point = f"loss.temperature={best['temperature'].iloc[0]:.6g} loss.alpha={best['alpha'].iloc[0]:.6g}"
