@@ -112,10 +112,11 @@ class Grid:
 
 
 class GridSampler(BaseSampler):
-    """kdsweep's grid sampler (Optuna's GridSampler's options, not its bookkeeping): gives each new trial the next point of `grid` that no finished or RUNNING trial holds.
+    """kdsweep's grid sampler (Optuna's GridSampler's options, not its bookkeeping): gives each new
+    trial the next point of `grid` that a new trial may take (`Grid.next_point`).
 
     Raises (from `study.ask`):
-        RuntimeError: every point is taken (the sweep loop asks no more trials than points are left).
+        RuntimeError: no point is left (the sweep loop asks no more trials than `Grid.available`).
         ValueError: a parameter outside the grid (a custom_search_space's own parameters).
     """
 
@@ -133,8 +134,8 @@ class GridSampler(BaseSampler):
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
         point = self.grid.next_point(others)
         if point is None:
-            raise RuntimeError(f"every one of the grid's {self.grid.size} points already holds a finished or "
-                               "RUNNING trial: there is no point left to give trial " f"{trial.number}")
+            raise RuntimeError(f"every one of the grid's {self.grid.size} points already holds a finished or RUNNING "
+                               f"trial (or failed in this run): there is no point left to give trial {trial.number}")
         self._points[trial._trial_id] = point  # noqa: SLF001  the id Optuna passes back to sample_independent
 
     def sample_independent(self, study: Any, trial: FrozenTrial, param_name: str,
