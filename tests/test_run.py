@@ -78,17 +78,7 @@ def test_a_changed_teacher_setting_trains_a_new_teacher(tmp_path, tiny):
     assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 2
 
 
-@pytest.mark.slow
-def test_a_user_checkpoint_is_used_as_the_teacher(tmp_path, tiny):
-    torch.manual_seed(123)
-    teacher = SmallCNN((1, 8, 8), 10, channels=(32, 64), hidden=128)
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    run_cli(tmp_path, *tiny, f"teacher.checkpoint={tmp_path / 'teacher.pt'}")
-    metrics = read_metrics(tmp_path / "run")
-    assert metrics["timings"]["teacher_source"] == "checkpoint"
-    assert not (tmp_path / "cache" / "teacher").exists()
-    # An untrained network of random weights: its accuracy is near chance, which a trained teacher's is not.
-    assert metrics["results"]["teacher_test_acc"] < 0.3
+# A user's checkpoint as the teacher: test_own_models.py::test_a_checkpoint_is_the_teacher_whatever_wrapper_saved_it.
 
 
 @pytest.mark.slow
