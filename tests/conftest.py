@@ -84,3 +84,13 @@ def accuracy_bounds(logits, labels, atol: float) -> tuple[float, float]:
     correct = logits.argmax(1) == labels
     n = len(labels)
     return int((correct & ~near_tie).sum()) / n, int((correct | near_tie).sum()) / n
+
+
+def is_share_of(value: float, n: int) -> bool:
+    """Whether `value` is k / n for an integer 0 <= k <= n: an accuracy counted over n examples.
+
+    k / n in float64 is within k x 2^-53 of k / n, so value x n lies within n x 2.2e-16 of k: 1e-9
+    separates "a count" from anything else for every n below a million.
+    """
+    k = round(value * n)
+    return 0 <= k <= n and abs(value * n - k) < 1e-9

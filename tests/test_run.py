@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import F32_EPS, REPO, TINY, read_metrics, run_cli
+from conftest import F32_EPS, REPO, TINY, is_share_of, read_metrics, run_cli
 from kdsweep.data import load_data
 from kdsweep.metrics import accuracy, predict_logits
 from kdsweep.models import SmallCNN
@@ -26,9 +26,11 @@ def test_a_run_writes_complete_metrics(tmp_path, tiny):
     assert config["teacher_params"] > config["student_params"]
     # digits' 1,797 images, split 20 % val and 20 % test: the counts every accuracy is out of.
     assert config["train_size"] + config["val_size"] + config["test_size"] == 1797 and config["test_size"] == 359
-    for key in ("best_val_acc", "test_acc", "teacher_val_acc", "teacher_test_acc", "agreement",
-                "baseline_val_acc", "baseline_test_acc"):
-        assert 0.0 <= results[key] <= 1.0, key
+    # Every accuracy is a count over its split's examples (agreement: over test, with the teacher).
+    for key, n in (("best_val_acc", "val_size"), ("teacher_val_acc", "val_size"), ("baseline_val_acc", "val_size"),
+                   ("test_acc", "test_size"), ("teacher_test_acc", "test_size"), ("baseline_test_acc", "test_size"),
+                   ("agreement", "test_size")):
+        assert is_share_of(results[key], config[n]), (key, results[key], config[n])
     assert results["gain"] == results["test_acc"] - results["baseline_test_acc"]
     assert results["best_val_acc"] == max(h["val_acc"] for h in metrics["history"])
     assert results["best_epoch"] in (1, 2)
