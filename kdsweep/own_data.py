@@ -53,7 +53,7 @@ def read_array_file(path: Path, key: str) -> dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
-        except Exception as e:  # noqa: BLE001: zipfile, zlib, numpy's format reader: all about the file's bytes
+        except Exception as e:  # zipfile, zlib, numpy's format reader: all about the file's bytes
             raise DataError(f"{key}={path} cannot be read as a .npz archive of plain arrays "
                             f"(np.savez(path, x_train=..., ...); object arrays are refused): "
                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
@@ -89,7 +89,11 @@ def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None)
                         f"x_val with y_val (else val is carved from train); it holds {sorted(arrays)}.")
     out: dict[str, np.ndarray] = {}
     for split in [s for s in SPLITS if f"x_{s}" in arrays]:
-        x, y = as_array(arrays[f"x_{split}"]), as_array(arrays[f"y_{split}"])
+        try:
+            x, y = as_array(arrays[f"x_{split}"]), as_array(arrays[f"y_{split}"])
+        except Exception as e:  # e.g. a list of rows of different lengths, from the user's function
+            raise DataError(f"{where}: x_{split} and y_{split} must be arrays (numpy, torch, or nested lists of one "
+                            f"shape): {type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
         check_split(x, y, where, f"x_{split}", f"y_{split}")  # the check every data source passes
         # Float inputs as float32; integer ones (token ids) stay integers, as int64.
         out[f"x_{split}"] = x.astype(np.float32 if np.issubdtype(x.dtype, np.floating) else np.int64, copy=False)

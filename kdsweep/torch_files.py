@@ -84,5 +84,5 @@ def load_torch_file(path: Path, key: str | None, error: type[KDSweepError], how_
         raise error(f"{named} does not exist or is not a file.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001: torch.load raises KeyError, ValueError, RuntimeError, ... on bad bytes
+    except Exception as e:  # torch.load raises KeyError, ValueError, RuntimeError, ... on bad bytes
         raise error(f"{named} {_why(path, e)}. {how_to_save}".rstrip()) from e
