@@ -40,7 +40,11 @@ def _why(path: Path, error: BaseException) -> str:
         if not zipfile.is_zipfile(path):
             return (f"is truncated or damaged: it begins as a zip archive (torch.save's format) but holds no "
                     f"readable archive in its {size} bytes (a copy or download cut short?)")
-        names = zipfile.ZipFile(path).namelist()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return f"is a damaged zip archive ({size} bytes): its directory cannot be read"
         if not any(name.endswith("data.pkl") for name in names):
             kind = "a numpy .npz archive" if names and all(n.endswith(".npy") for n in names) else "a zip archive"
             return f"is {kind}, not a file written by torch.save (its members are {names[:4]})"
