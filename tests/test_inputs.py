@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +73,12 @@ def through_source(source: str, data: dict[str, np.ndarray], tmp_path: Path, num
     if source == "pt":
         torch.save({k: torch.from_numpy(v) for k, v in data.items()}, tmp_path / "d.pt")
         return load_dataset({**spec, "source": "file", "path": str(tmp_path / "d.pt")})
+    # A new target name each call: load_dataset calls a function once per spec and process.
+    target = {"_target_": f"mymodule.data_{uuid.uuid4().hex}"}
     if source == "function":
-        return load_dataset({**spec, "source": "function", "loader": {"_target_": f"f{id(data)}"}}, lambda: data)
+        return load_dataset({**spec, "source": "function", "loader": target}, lambda: data)
     datasets = {s: TensorDataset(torch.from_numpy(data[f"x_{s}"]), torch.from_numpy(data[f"y_{s}"])) for s in ("train", "test")}
-    return load_dataset({**spec, "source": "function", "loader": {"_target_": f"d{id(data)}"}}, lambda: datasets)
+    return load_dataset({**spec, "source": "function", "loader": target}, lambda: datasets)
 
 
 SOURCES = ["npz", "pt", "function", "datasets"]
