@@ -86,6 +86,11 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     from kdsweep.errors import ConfigError
     from kdsweep.trial import TrialSettings
 
+    missing = sorted(OmegaConf.missing_keys(cfg))  # `???` in a config file: a value only the user can give
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given on the command line or in your config (the config "
+                          "leaves it as ???): e.g. data=arrays data.path=my_data.npz, or data=function "
+                          "data.loader._target_=my_module.my_data.")
     for key, ok, allowed in (("seed", isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "an integer"),
                              ("baseline", isinstance(cfg.baseline, bool), "true or false"),
                              ("cache_dir", isinstance(cfg.cache_dir, str) and cfg.cache_dir != "", "a folder path")):
