@@ -21,7 +21,8 @@ import pytest
 
 from conftest import REPO, TINY, read_metrics
 from hydra_plugins.kdsweep_sweeper._folders import OWNER_FILE, UID_ATTR, check_study_name, claim_sweep_dir
-from hydra_plugins.kdsweep_sweeper._identity import FILES_ATTR, identity, user_files
+from hydra_plugins.kdsweep_sweeper._identity import FILES_ATTR, identity
+from hydra_plugins.kdsweep_sweeper._inputs import user_inputs
 from kdsweep.errors import ConfigError, DataError
 from kdsweep.storage import TORN_SUFFIX, open_storage, storage_url
 
@@ -178,14 +179,43 @@ def test_the_identity_holds_the_contents_of_each_file_a_trial_reads(tmp_path, mo
     assert second.config == first.config and second.files["data.path"] == first.files["data.path"]
     assert second.files["teacher.logits"] != first.files["teacher.logits"] and second.digest != first.digest
     # A swept file key is each trial's own; data.path counts only for data.source=file.
-    assert set(user_files(config, ["teacher.logits"])) == {"data.path"}
-    assert user_files({**config, "data": {"name": "digits", "path": "d.npz"}}, ["teacher.logits"]) == {}
+    assert set(user_inputs(config, ["teacher.logits"])) == {"data.path"}
+    assert user_inputs({**config, "data": {"name": "digits", "path": "d.npz"}}, ["teacher.logits"]) == {}
     # Without user files, the digest is the configuration's and the space's alone, as before files counted.
     plain = identity({"data": {"name": "digits"}}, [], {})
     import hashlib
     assert plain.digest == hashlib.sha256(json.dumps([{"data": {"name": "digits"}}, {}], sort_keys=True).encode()).hexdigest()
     with pytest.raises(DataError, match=r"^teacher.logits=gone.npz does not exist or is not a file"):
         identity({**config, "teacher": {"logits": "gone.npz"}}, [], {})
+
+
+def test_the_identity_holds_a_data_functions_output_and_the_users_own_code(tmp_path, monkeypatch):
+    from kdsweep import own_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    np.savez("source.npz", **own_arrays(0))
+    Path("mine_data.py").write_text("import numpy as np\n\ndef load():\n    return dict(np.load('source.npz'))\n")
+    Path("mine_models.py").write_text("def net(**kwargs):\n    return None\n")
+    config = {"data": {"source": "function", "loader": {"_target_": "mine_data.load"}, "num_classes": None,
+                       "val_size": None, "val_fraction": 0.2, "split_seed": 0, "standardize": False,
+                       "allow_overlap": False, "subset": None, "student_epochs": 2},
+              "model": {"student": {"_target_": "mine_models.net", "width": 4}, "teacher": {"net": {"_target_": "kdsweep.models.MLP"}}},
+              "train": {"optimizer": {"_target_": "torch.optim.Adam"}}}
+    first = identity(config, [], {})
+    # The data function's output and the user's class; kdsweep's own and torch's classes are versioned code.
+    assert set(first.files) == {"data.loader", "data.loader._target_", "model.student._target_"}
+    monkeypatch.setattr(own_data, "_LOADED", {})  # a new sweep is a new process: the function is called again
+    np.savez("source.npz", **own_arrays(1))  # the function now returns other arrays
+    second = identity(config, [], {})
+    assert second.files["data.loader"] != first.files["data.loader"] and second.digest != first.digest
+    assert second.files["model.student._target_"] == first.files["model.student._target_"]
+    Path("mine_models.py").write_text("def net(**kwargs):\n    return 1\n")  # the user's code edited
+    third = identity(config, [], {})
+    assert third.files["model.student._target_"] != second.files["model.student._target_"]
+    assert third.files["data.loader"] == second.files["data.loader"]  # memoised within a process, as in a trial
+    # A swept argument of the data function makes each trial's output its own.
+    assert "data.loader" not in user_inputs(config, ["data.loader.n"])
 
 
 @pytest.mark.slow

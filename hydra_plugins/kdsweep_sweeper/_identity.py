@@ -2,8 +2,9 @@
 
 The identity is the composed configuration of a trial without the swept keys (each trial sets those)
 and without keys that cannot change a trial's result (NEUTRAL_KEYS, and everything under `hydra`),
-together with the search space, and the contents of the user's files a trial reads (FILE_KEYS: a data file, a teacher
-checkpoint, a teacher's logits file). It hashes the configuration, not the command line: editing a YAML
+together with the search space, and the contents of what the config names and a trial reads (_inputs:
+a data file, a teacher checkpoint, a teacher's logits file, a data function's output, the code of the
+user's own classes). It hashes the configuration, not the command line: editing a YAML
 file (say, the student's width in kdsweep/conf/model/cnn.yaml) makes a different study, and so does a
 data file rewritten in place under the same path. The study
 keeps it as a user attribute, so `optuna studies`, `optuna-dashboard` and a later sweep see what
@@ -17,22 +18,20 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from kdsweep.errors import ConfigError, DataError
+from kdsweep.errors import ConfigError
+
+from hydra_plugins.kdsweep_sweeper._inputs import changed, select as _select, user_inputs
 
 # Keys that change where or how fast a trial runs, never its result.
 NEUTRAL_KEYS = ("cache_dir", "train.num_threads")
 CONFIG_ATTR = "kdsweep_config"  # the identity's configuration, as a study user attribute
 SPACE_ATTR = "kdsweep_search_space"
-FILES_ATTR = "kdsweep_files"  # key -> the sha256 (20 hex digits) of the file it names
+FILES_ATTR = "kdsweep_files"  # what the config names and its contents' hash (see _inputs.user_inputs)
 IDENTITY_ATTR = "kdsweep_identity"  # the hash of all three
-# The config keys that name a file whose contents determine a trial's result, each with the condition
-# under which a trial reads it (data.path only for data.source=file).
-FILE_KEYS = ("data.path", "teacher.checkpoint", "teacher.logits")
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Identity:
     config: dict[str, Any]  # the composed task config without swept and neutral keys, resolved
     space: dict[str, str]  # parameter -> its distribution, as text
     digest: str
-    files: dict[str, str] = field(default_factory=dict)  # FILE_KEYS set in the config -> contents' hash
+    files: dict[str, str] = field(default_factory=dict)  # _inputs.user_inputs: key -> its contents' hash
 
     def attrs(self) -> dict[str, Any]:
         return {CONFIG_ATTR: self.config, SPACE_ATTR: self.space, FILES_ATTR: self.files, IDENTITY_ATTR: self.digest}
@@ -55,44 +54,6 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
     tree.pop(leaf, None)
 
 
-def _select(tree: Mapping[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, Mapping):
-            return None
-        tree = tree.get(part)  # type: ignore[assignment]
-    return tree
-
-
-def user_files(config: Mapping[str, Any], swept: Sequence[str] = ()) -> dict[str, str]:
-    """The hash of the contents of each file a trial of `config` reads: FILE_KEYS -> sha256 (20 hex).
-
-    A relative path is read from the current folder, as the trial reads it. A key the sweep sets per
-    trial is left out (each trial hashes its own file for its caches); so is data.path unless
-    data.source is file. Hashes come from kdsweep.own_data.file_fingerprint (with its index in the
-    cache folder, so an unchanged large file is not read again).
-
-    Raises:
-        DataError: a key names a file that does not exist, naming the key and the path.
-    """
-    from kdsweep.own_data import file_fingerprint, index_dir_for
-
-    cache_dir = _select(config, "cache_dir")
-    index_dir = index_dir_for(Path(cache_dir)) if isinstance(cache_dir, str) and cache_dir else None
-    found = {}
-    for key in FILE_KEYS:
-        value = _select(config, key)
-        if value is None or key in {k.lstrip("+~") for k in swept}:
-            continue
-        if key == "data.path" and _select(config, "data.source") != "file":
-            continue
-        path = Path(str(value))
-        if not path.is_file():
-            raise DataError(f"{key}={value} does not exist or is not a file (looked for {path.absolute()}). "
-                            f"It must name a file readable from the folder the sweep runs in.")
-        found[key] = file_fingerprint(path, index_dir)
-    return found
-
-
 def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str, str]) -> Identity:
     """The identity of a study over `space` of the composed task config `config` (no `hydra` node).
 
@@ -102,10 +63,10 @@ def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str
         space: the search space, parameter -> distribution as text.
 
     Raises:
-        DataError: a file the config names (FILE_KEYS) does not exist.
+        DataError: a file the config names does not exist, or the data function fails.
     """
     tree = json.loads(json.dumps(config, sort_keys=True, default=str))  # a deep copy of plain values
-    files = user_files(tree, swept)
+    files = user_inputs(tree, swept)
     for key in (*swept, *NEUTRAL_KEYS):
         _drop(tree, key.lstrip("+~"))
     tree.pop("hydra", None)
@@ -168,8 +129,8 @@ def check_study(study: optuna.Study, ident: Identity, direction: str, shown_stor
     old_config, old_space = study.user_attrs.get(CONFIG_ATTR, {}), study.user_attrs.get(SPACE_ATTR, {})
     old_files = study.user_attrs.get(FILES_ATTR, {})
     diffs = [
-        f"the contents of {k}={_select(ident.config, k)} changed since the study began (sha256 "
-        f"{str(old_files.get(k))[:12]} -> {str(ident.files.get(k))[:12]})"
+        f"{changed(k, _select(ident.config, k))} since the study began (sha256 {str(old_files.get(k))[:12]} -> "
+        f"{str(ident.files.get(k))[:12]})"
         for k in sorted(set(old_files) | set(ident.files))
         if old_files.get(k) != ident.files.get(k) and _select(old_config, k) == _select(ident.config, k)
     ] + _differences(old_config, ident.config) + [
