@@ -246,6 +246,16 @@ def test_a_data_file_rewritten_in_place_is_a_new_study_or_a_refusal(tmp_path):
     assert len(optuna.load_study(study_name="named", storage=url).trials) == 1
 
 
+@pytest.mark.slow
+def test_a_sweep_over_a_data_file_that_does_not_exist_is_refused_before_anything_is_written(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = kdsweep(work, *TINY, *FEATURES, "data=arrays", "data.path=gone.npz", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("kdsweep: error: data.path=gone.npz does not exist or is not a file")
+    assert not (work / "outputs").exists()
+
+
 # ------------------------------------------------------------------------------ names and folders
 
 
@@ -322,3 +332,32 @@ def test_a_second_study_in_the_first_ones_sweep_folder_is_refused_and_its_trials
     assert "not those of study second" in err and "hydra.sweep.dir=NEW_FOLDER" in err and "\n" not in err
     assert read_metrics(work / "shared" / "0") == before
     assert sorted(p.name for p in (work / "shared").iterdir() if p.name.isdigit()) == ["0"]
+
+
+# ------------------------------------------------------------------------------ options checked alone and together
+
+BASE = {"n_trials": 2, "n_jobs": 1, "max_failure_rate": 0.25, "direction": "maximize", "heartbeat_interval": 30,
+        "stale_after": 300}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"heartbeat_interval": 0}, "hydra.sweeper.heartbeat_interval must be a number of seconds > 0, but got hydra.sweeper.heartbeat_interval=0."),
+    ({"stale_after": -5}, "hydra.sweeper.stale_after must be a number of seconds > 0, but got hydra.sweeper.stale_after=-5."),
+    ({"stale_after": 30}, "hydra.sweeper.stale_after=30 must be greater than hydra.sweeper.heartbeat_interval=30: "),
+    ({"heartbeat_interval": 60, "stale_after": 45}, "hydra.sweeper.stale_after=45 must be greater than hydra.sweeper.heartbeat_interval=60: "),
+    ({"custom_search_space": "no_such_module.f"}, "hydra.sweeper.custom_search_space='no_such_module.f' names no function that can be imported ("),
+    ({"study_name": "../x"}, "hydra.sweeper.study_name='../x' cannot be a study's name"),
+])
+def test_sweeper_options_are_checked_alone_and_together(change, message):
+    from hydra_plugins.kdsweep_sweeper._loop import checked_options
+
+    with pytest.raises(ConfigError) as e:
+        checked_options({**BASE, **change})
+    assert str(e.value).startswith(message)
+
+
+def test_sweeper_options_that_work_are_taken():
+    from hydra_plugins.kdsweep_sweeper._loop import checked_options
+
+    opts = checked_options({**BASE, "heartbeat_interval": 0.5, "stale_after": 2, "custom_search_space": "os.path.join"})
+    assert (opts.heartbeat_interval, opts.stale_after, opts.custom_search_space) == (0.5, 2.0, "os.path.join")

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _folders, _identity, _pruning
+from hydra_plugins.kdsweep_sweeper import _folders, _identity, _options, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
 from hydra_plugins.kdsweep_sweeper._search_space import SearchSpace, job_overrides, parse, probes
@@ -97,6 +97,7 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
                           "space as hydra.sweeper.params in Hydra's sweep grammar, e.g. loss.temperature: interval(1, 16).")
     _pruning.checked_pruner(options.get("pruner"), options.get("report_every", 1))
     _folders.check_study_name(options.get("study_name"))
+    _options.check_options(options)
     return SweepOptions(
         direction=direction, study_name=options.get("study_name"), storage=options.get("storage"),
         n_trials=options["n_trials"], n_jobs=options["n_jobs"], max_failure_rate=float(rate),
