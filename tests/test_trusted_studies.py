@@ -361,3 +361,25 @@ def test_sweeper_options_that_work_are_taken():
 
     opts = checked_options({**BASE, "heartbeat_interval": 0.5, "stale_after": 2, "custom_search_space": "os.path.join"})
     assert (opts.heartbeat_interval, opts.stale_after, opts.custom_search_space) == (0.5, 2.0, "os.path.join")
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_timestamped_folder_each_get_their_own(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    # A timestamp to the year stands for two runs started in the same second of the default DATE/TIME.
+    args = [sys.executable, "-m", "kdsweep.run", f"cache_dir={tmp_path / 'cache'}", "hydra.run.dir=outputs/r/${now:%Y}", *TINY]
+    runs = [subprocess.run([*args, f"seed={seed}"], cwd=work, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}) for seed in (0, 1)]
+    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
+    (first,) = [p for p in (work / "outputs" / "r").iterdir() if "-" not in p.name]
+    second = first.with_name(f"{first.name}-2")
+    assert f"kdsweep: outputs/r/{first.name} already holds another run (started in the same second); this run writes " \
+           f"to outputs/r/{first.name}-2 instead." in runs[1].stderr
+    assert "already holds" not in runs[0].stderr
+    assert read_metrics(first)["config"]["seed"] == 0 and read_metrics(second)["config"]["seed"] == 1
+    # A folder the user names is the user's choice: Hydra reuses it, as Hydra does.
+    for seed in (0, 1):
+        subprocess.run([*args[:4], "hydra.run.dir=mine", *TINY, f"seed={seed}"], cwd=work, check=True, capture_output=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert read_metrics(work / "mine")["config"]["seed"] == 1 and not (work / "mine-2").exists()
