@@ -122,15 +122,18 @@ def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
 def load_trial(settings: PruningSettings) -> optuna.trial.Trial:
     """The running Optuna trial `settings` names, in a study loaded with the configured pruner.
 
-    Public Optuna API only (present in Optuna 2.10 and 5): the storage object (RDB or journal), whose
+    Public Optuna API only: the storage object (RDB or journal), whose
     `get_study_id_from_name` and `get_trial_id_from_study_id_trial_number` map the study's name and the
     trial's number to the ids that `optuna.trial.Trial(study, trial_id)` takes. A study or trial that is
     not in the storage raises ConfigError.
     """
     import optuna
 
+    from kdsweep.storage import open_storage
+
     pruner = make_pruner(settings.pruner)
-    storage = open_storage(settings.storage)
+    # The one opener the sweeper uses too (a journal's torn tail is set aside there); never creates one.
+    storage = open_storage(settings.storage, key=STORAGE_ENV, create=False)
     try:
         study_id = storage.get_study_id_from_name(settings.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, settings.trial_number)
@@ -144,20 +147,6 @@ def load_trial(settings: PruningSettings) -> optuna.trial.Trial:
     study = optuna.load_study(study_name=settings.study_name, storage=storage, pruner=pruner,
                               sampler=optuna.samplers.RandomSampler())
     return optuna.trial.Trial(study, trial_id)
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The storage the sweeper names in KDSWEEP_OPTUNA_STORAGE: `journal:///PATH` (Optuna's journal file,
-    as hydra.sweeper.storage takes it) or an SQLAlchemy URL (RDBStorage)."""
-    import optuna
-
-    if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///"):]))
-    # As the sweeper opens it: jobs side by side wait for each other's writes to one SQLite file.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def should_stop_for(settings: PruningSettings) -> ShouldStop:

@@ -165,6 +165,9 @@ class CheckOutputFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
         self._check("hydra.run.dir", config.hydra.run.dir)
+        from kdsweep.folders import claim_run_dir
+
+        claim_run_dir(config)  # a timestamped folder another run already holds: a fresh one beside it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         self._check("hydra.sweep.dir", config.hydra.sweep.dir)

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _grid, _identity, _pruning
+from hydra_plugins.kdsweep_sweeper import _folders, _grid, _identity, _options, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
 from hydra_plugins.kdsweep_sweeper._grid import Grid
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
@@ -97,6 +97,8 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
         raise ConfigError("hydra.sweeper.search_space is the official plugin's retired form; write the search "
                           "space as hydra.sweeper.params in Hydra's sweep grammar, e.g. loss.temperature: interval(1, 16).")
     _pruning.checked_pruner(options.get("pruner"), options.get("report_every", 1))
+    _folders.check_study_name(options.get("study_name"))
+    _options.check_options(options)
     return SweepOptions(
         direction=direction, study_name=options.get("study_name"), storage=options.get("storage"),
         n_trials=options["n_trials"], n_jobs=options["n_jobs"], max_failure_rate=float(rate),
@@ -290,6 +292,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     where = storage_url(opts.storage, str(config.hydra.runtime.cwd))
     study = open_study(where, name, opts, ident)
     sweep_dir = Path(str(config.hydra.sweep.dir))
+    _folders.claim_sweep_dir(study, where, sweep_dir)  # refuses a folder that holds another study's trials
     sampler_name = type(make_sampler(0)).__name__.lstrip("_")
     log.info("Study %s in %s: %s the objective with %s, %d finished (COMPLETE or PRUNED) trials as the target "
              "(shared by every worker); trial folders in %s", name, where.shown, opts.direction, sampler_name,

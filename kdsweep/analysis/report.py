@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -251,7 +252,8 @@ def report(paths: Sequence[str | os.PathLike] = (), out: str | os.PathLike | Non
     if storage is not None:
         study = open_study(storage, study_name)
         trials, source = study_trials(study), f"study {study.study_name} in {storage}"
-        out = Path(out) if out is not None else Path(f"report-{study.study_name}")
+        # One folder in the current one, whatever the name holds (a study made by hand may hold a "/").
+        out = Path(out) if out is not None else Path("report-" + re.sub(r"[/\\\0]", "_", study.study_name))
     else:
         if not paths:
             sweep = latest_sweep(root)
