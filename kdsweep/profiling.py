@@ -46,9 +46,11 @@ log = logging.getLogger("kdsweep")
 
 LARGE_BATCH = 512  # the batch of the throughput figure: large enough that per-call overhead is amortised
 REPEATS = 7  # timed blocks; the median is reported
+MIN_REPEATS = 3  # a network slow enough to pass BUDGET_SECONDS gets this many blocks, at least
+BUDGET_SECONDS = 2.0  # per batch size: a large teacher on a CPU stops repeating here (a block can be one call)
 WARMUP_SECONDS = 0.1  # untimed calls first (allocator, kernels, caches), which also size a timed block
 # The measurement's own definition: bump it when `measure` changes, so older cached figures are redone.
-METHOD = 1
+METHOD = 2
 FIGURES = ("params", "bytes", "flops", "latency_ms", "throughput")
 
 
@@ -70,13 +72,17 @@ def flops_per_example(net: nn.Module, example: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _seconds_per_call(forward: Callable[[], Any], threads: int, repeats: int, warmup: float) -> float:
-    """The median over `repeats` blocks of the seconds per call of `forward`, after `warmup` seconds of calls."""
+def _seconds_per_call(forward: Callable[[], Any], threads: int, repeats: int, warmup: float) -> tuple[float, int]:
+    """(the median over the timed blocks of the seconds per call of `forward`, the number of blocks), after
+    `warmup` seconds of calls: `repeats` blocks, or fewer (at least MIN_REPEATS) past BUDGET_SECONDS."""
     from torch.utils.benchmark import Timer
 
     timer = Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
     calls = timer.blocked_autorange(min_run_time=warmup).number_per_run  # warm-up; calls per block of >= ~10 ms
-    return statistics.median(timer.timeit(calls).median for _ in range(repeats))
+    start, times = time.perf_counter(), []
+    while len(times) < repeats and (len(times) < MIN_REPEATS or time.perf_counter() - start < BUDGET_SECONDS):
+        times.append(timer.timeit(calls).median)
+    return statistics.median(times), len(times)
 
 
 def measure(net: nn.Module, example: torch.Tensor, *, large_batch: int = LARGE_BATCH, repeats: int = REPEATS,
@@ -90,7 +96,8 @@ def measure(net: nn.Module, example: torch.Tensor, *, large_batch: int = LARGE_B
 
     Returns:
         params, bytes, flops (per example), latency_ms (batch 1, median), throughput (examples/s at
-        `large_batch`, median), and how: large_batch, repeats, threads, device.
+        `large_batch`, median), and how: large_batch, repeats (timed blocks at batch 1 and at the large
+        batch), threads, device.
     """
     was_training = net.training
     net.eval()
@@ -104,12 +111,12 @@ def measure(net: nn.Module, example: torch.Tensor, *, large_batch: int = LARGE_B
             return forward
 
         threads = torch.get_num_threads()
-        one = _seconds_per_call(on(example), threads, repeats, warmup)
-        many = _seconds_per_call(on(batch), threads, repeats, warmup)
+        one, n_one = _seconds_per_call(on(example), threads, repeats, warmup)
+        many, n_many = _seconds_per_call(on(batch), threads, repeats, warmup)
         return {
             "params": count_parameters(net), "bytes": state_dict_bytes(net), "flops": flops_per_example(net, example),
             "latency_ms": 1000 * one, "throughput": large_batch / many,
-            "large_batch": large_batch, "repeats": repeats, "threads": threads, "device": str(example.device),
+            "large_batch": large_batch, "repeats": [n_one, n_many], "threads": threads, "device": str(example.device),
         }
     finally:
         net.train(was_training)
