@@ -198,3 +198,19 @@ def test_a_study_keeps_its_objectives(tmp_path):
     assert ("optimizes hydra.sweeper.objectives=null (the best val accuracy the job returns), but this sweep sets "
             "hydra.sweeper.objectives=[student_params]") in output
     assert optuna.load_study(study_name="single", storage=sqlite_url(tmp_path)).metric_names is None  # left as it was
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_importances_of_a_multi_objective_study_are_those_for_its_val_accuracy():
+    from kdsweep.analysis.importance import parameter_importances
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["best_val_acc", "student_params"])
+    dist = {"loss.temperature": optuna.distributions.FloatDistribution(1, 16),
+            "model.student.width": optuna.distributions.IntDistribution(4, 128)}
+    for i in range(12):  # val accuracy follows T alone; the size follows the width alone
+        t, w = 1 + i * 1.3, 4 + (i * 37) % 120
+        study.add_trial(optuna.trial.create_trial(params={"loss.temperature": t, "model.student.width": w},
+                                                  distributions=dist, values=[0.5 + 0.03 * t, 75 * w + 10]))
+    table = parameter_importances(study)
+    assert table["parameter"].iloc[0] == "loss.temperature" and table["n_trials"].iloc[0] == 12
