@@ -161,48 +161,64 @@ def profile_network(make_net: Callable[[], nn.Module], arch_spec: dict[str, Any]
     return cache.load_or_build(cache_dir, "profile", spec, build)
 
 
-def size_block(student: dict[str, Any], teacher: dict[str, Any] | None, teacher_note: str | None = None) -> dict[str, Any]:
-    """The `size` block of metrics.json, flat: student_* and teacher_* figures (`FIGURES`; the teacher's
-    null where there is no teacher network, with `teacher_note` saying why), and what the student buys:
-    params_ratio, bytes_ratio, flops_ratio (teacher / student: "x times smaller"), speedup (teacher
-    latency / student latency at batch 1) and throughput_ratio (student / teacher at the large batch).
+def size_block(student: dict[str, Any] | None, teacher: dict[str, Any] | None, teacher_note: str | None = None,
+               student_note: str | None = None) -> dict[str, Any]:
+    """The `size` block of metrics.json, flat: student_* and teacher_* figures (`FIGURES`; null where
+    there is no network to measure or its measurement failed, with `student_note` / `teacher_note`
+    saying why), and what the student buys: params_ratio, bytes_ratio, flops_ratio (teacher / student:
+    "x times smaller"), speedup (teacher latency / student latency at batch 1) and throughput_ratio
+    (student / teacher at the large batch), null where either side is.
     """
-    block: dict[str, Any] = {f"student_{k}": student[k] for k in FIGURES}
-    block.update({f"teacher_{k}": None if teacher is None else teacher[k] for k in FIGURES})
+    s, t = student or {}, teacher or {}
+    block: dict[str, Any] = {f"student_{k}": s.get(k) for k in FIGURES}
+    block.update({f"teacher_{k}": t.get(k) for k in FIGURES})
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
 
-    t = teacher or {}
     block.update(
-        params_ratio=ratio(t.get("params"), student["params"]), bytes_ratio=ratio(t.get("bytes"), student["bytes"]),
-        flops_ratio=ratio(t.get("flops"), student["flops"]), speedup=ratio(t.get("latency_ms"), student["latency_ms"]),
-        throughput_ratio=ratio(student["throughput"], t.get("throughput")),
-        large_batch=student["large_batch"], threads=student["threads"], device=student["device"], teacher_note=teacher_note,
+        params_ratio=ratio(t.get("params"), s.get("params")), bytes_ratio=ratio(t.get("bytes"), s.get("bytes")),
+        flops_ratio=ratio(t.get("flops"), s.get("flops")), speedup=ratio(t.get("latency_ms"), s.get("latency_ms")),
+        throughput_ratio=ratio(s.get("throughput"), t.get("throughput")),
+        large_batch=LARGE_BATCH, threads=torch.get_num_threads(), device=(s or t).get("device"),
+        student_note=student_note, teacher_note=teacher_note,
     )
     return block
 
 
+def _measured(what: str, profile: Callable[[], tuple[dict[str, Any], bool]]) -> tuple[dict[str, Any] | None, str | None]:
+    """(figures, None), or (None, why) when measuring fails: the trial's results are kept all the same."""
+    try:
+        return profile()[0], None
+    except Exception as e:  # out of memory at the large batch, an operator the FLOP counter cannot run, ...
+        why = f"not measured: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        log.warning("the %s's size and speed were %s; the trial's results are kept, its size figures are null", what, why)
+        return None, why
+
+
 def trial_size(settings: TrialSettings, inputs: TrialInputs, student: nn.Module) -> dict[str, Any]:
     """The `size` block (`size_block`) of a trial: its student, and its teacher network where it has one,
-    each measured once per architecture (`profile_network`) on one training input on the trial's device."""
+    each measured once per architecture (`profile_network`) on one training input on the trial's device.
+    A measurement that fails leaves its figures null with the reason in student_note / teacher_note."""
     from kdsweep.models import build_network
     from kdsweep.trial import network_spec
 
     data = inputs.data
     example = data.train.x[:1]
     spec = network_spec(settings.student_arch, settings.make_student)
-    figures, _ = profile_network(lambda: student, spec, example, data.num_classes, settings.cache_dir)
+    figures, student_note = _measured("student", lambda: profile_network(
+        lambda: student, spec, example, data.num_classes, settings.cache_dir))
     if settings.make_teacher is None or settings.teacher_arch is None:
         note = ("the teacher is only its logits (teacher.logits): there is no teacher network to measure"
                 if settings.teacher.logits else "loss=ce: the trial has no teacher")
-        return size_block(figures, None, note)
+        return size_block(figures, None, note, student_note)
 
     def make_teacher() -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the trial's RNG as it was
             net = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes)
         return net.to(settings.device)
 
-    teacher, _ = profile_network(make_teacher, network_spec(settings.teacher_arch, settings.make_teacher), example,
-                                 data.num_classes, settings.cache_dir)
-    return size_block(figures, teacher)
+    teacher, teacher_note = _measured("teacher", lambda: profile_network(
+        make_teacher, network_spec(settings.teacher_arch, settings.make_teacher), example, data.num_classes,
+        settings.cache_dir))
+    return size_block(figures, teacher, teacher_note, student_note)

@@ -79,6 +79,26 @@ def test_the_size_block_ratios():
     assert alone["teacher_params"] is None and alone["speedup"] is None and alone["teacher_note"] == "no teacher"
 
 
+class SmallBatchesOnly(torch.nn.Linear):
+    """Stands for a network that runs out of memory at the large batch."""
+
+    def forward(self, x):
+        if len(x) > 100:
+            raise RuntimeError("out of memory at batch %d" % len(x))
+        return super().forward(x)
+
+
+def test_a_failed_measurement_keeps_the_trial_with_null_figures_and_caches_nothing(tmp_path, caplog):
+    example = torch.rand(1, 6)
+    figures, note = profiling._measured("student", lambda: profiling.profile_network(
+        lambda: SmallBatchesOnly(6, 3), {"_target_": "x.SmallBatchesOnly", "code": "abc"}, example, 3, tmp_path))
+    assert figures is None and note == "not measured: RuntimeError: out of memory at batch 512"
+    assert "the student's size and speed were not measured" in caplog.text
+    assert not list((tmp_path / "profile").glob("*.pt"))  # a failure is not cached: the next trial tries again
+    block = profiling.size_block(None, None, "loss=ce: the trial has no teacher", note)
+    assert block["student_params"] is None and block["params_ratio"] is None and block["student_note"] == note
+
+
 @pytest.mark.slow
 def test_a_trial_writes_its_size_block(tmp_path):
     run_cli(tmp_path, *TINY)
