@@ -111,6 +111,11 @@ def tradeoff_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in first if c in table]].sort_values(["kind", "params"], kind="stable").reset_index(drop=True)
 
 
+def _times(x: float) -> str:
+    """A ratio as a person reads it: 1,170 times, 12.5 times, 0.93 times."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def tradeoff_summary(table: pd.DataFrame) -> list[str]:
     """Sentences for the report: per student on the accuracy-parameters front, how many times smaller and
     faster than the teacher it is and how many points of test accuracy it gives up."""
@@ -126,10 +131,10 @@ def tradeoff_summary(table: pd.DataFrame) -> list[str]:
         width = "" if r.get("student_width") != r.get("student_width") else f" width {int(r['student_width'])}"
         depth = "" if r.get("student_depth") != r.get("student_depth") else f" depth {int(r['student_depth'])}"
         lines.append(
-            f"Student{width}{depth} (T={r['temperature']:.3g}, alpha={r['alpha']:.3g}): {t['params'] / r['params']:.3g} times "
+            f"Student{width}{depth} (T={r['temperature']:.3g}, alpha={r['alpha']:.3g}): {_times(t['params'] / r['params'])} times "
             f"smaller than the teacher ({int(r['params']):,} parameters, {int(r['bytes']):,} bytes), "
-            f"{t['flops'] / r['flops']:.3g} times fewer FLOPs, {t['latency_ms'] / r['latency_ms']:.3g} times faster at batch 1 "
-            f"and {r['throughput'] / t['throughput']:.3g} times the throughput, at {100 * (r['test_acc'] - t['test_acc']):+.1f} "
+            f"{_times(t['flops'] / r['flops'])} times fewer FLOPs, {_times(t['latency_ms'] / r['latency_ms'])} times faster at "
+            f"batch 1 and {_times(r['throughput'] / t['throughput'])} times the throughput, at {100 * (r['test_acc'] - t['test_acc']):+.1f} "
             f"points of test accuracy ({r['test_acc']:.4f} against {t['test_acc']:.4f}).")
     return lines
 
@@ -138,6 +143,8 @@ def plot_tradeoff(table: pd.DataFrame) -> Figure:
     """Val accuracy against parameters (left) and against latency at batch 1 (right), log scale: every
     distilled student tried (hollow: dominated), its Pareto front joined and filled, the baseline
     students (grey squares) and the teacher (black star)."""
+    from matplotlib.ticker import LogLocator
+
     from kdsweep.analysis.plots import _figure, _title
 
     fig, axes = _figure(2, width=6.0, height=4.6)
@@ -159,6 +166,9 @@ def plot_tradeoff(table: pd.DataFrame) -> Figure:
         t = kinds["teacher"]
         ax.scatter(t[figure], t["val_acc"], marker="*", s=160, color="black", label="teacher")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1, 2, 5, 10, 20, ...: a few labelled ticks per decade
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:.2g}")
+        ax.xaxis.set_minor_formatter("")
         ax.set(xlabel=AXIS[figure], ylabel="val accuracy (mean over seeds)",
                title=_title(f"val accuracy against {AXIS[figure].split(' (')[0]}",
                             f"{len(front)} of {len(d)} distilled students on the front (labels: width x depth)"))
