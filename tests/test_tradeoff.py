@@ -214,3 +214,19 @@ def test_the_importances_of_a_multi_objective_study_are_those_for_its_val_accura
                                                   distributions=dist, values=[0.5 + 0.03 * t, 75 * w + 10]))
     table = parameter_importances(study)
     assert table["parameter"].iloc[0] == "loss.temperature" and table["n_trials"].iloc[0] == 12
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsgaii", "random"])
+def test_the_tradeoff_preset_composes_with_any_sampler(sampler):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.kdsweep_sweeper._loop import checked_options
+    from hydra_plugins.kdsweep_sweeper._samplers import sampler_factory
+    from test_studies import OPTUNA, hydra_config
+
+    sweeper = hydra_config("+study=tradeoff", f"hydra/sweeper/sampler={sampler}").hydra.sweeper
+    assert sweeper._target_ == OPTUNA
+    options = checked_options(OmegaConf.to_container(sweeper, resolve=True))
+    assert (options.objectives, options.directions) == (("best_val_acc", "student_params"), ("maximize", "minimize"))
+    assert set(options.params) == {"loss.temperature", "loss.alpha", "model.student.width", "model.student.depth"}
+    sampler_factory(options.sampler, {})  # the preset adds no option the sampler does not take
