@@ -38,6 +38,7 @@ from torch import nn
 
 from kdsweep import cache
 from kdsweep.models import count_parameters
+from kdsweep.ratios import times
 
 if TYPE_CHECKING:
     from kdsweep.trial import TrialInputs, TrialSettings
@@ -221,4 +222,10 @@ def trial_size(settings: TrialSettings, inputs: TrialInputs, student: nn.Module)
     teacher, teacher_note = _measured("teacher", lambda: profile_network(
         make_teacher, network_spec(settings.teacher_arch, settings.make_teacher), example, data.num_classes,
         settings.cache_dir))
-    return size_block(figures, teacher, teacher_note, student_note)
+    block = size_block(figures, teacher, teacher_note, student_note)
+    if block["params_ratio"] is not None and block["speedup"] is not None:
+        log.info("the student: %s parameters, %s times fewer than the teacher's; %s times fewer FLOPs; %s times as "
+                 "fast at batch 1 and %s times the throughput at batch %d (metrics.json: size)",
+                 f"{block['student_params']:,}", times(block["params_ratio"]), times(block["flops_ratio"]),
+                 times(block["speedup"]), times(block["throughput_ratio"]), block["large_batch"])
+    return block

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY, read_metrics, run_cli
 from kdsweep import profiling
 from kdsweep.models import MLP, SmallCNN
+from kdsweep.ratios import times
 
 DIGIT = (1, 8, 8)
 
@@ -101,9 +102,11 @@ def test_a_failed_measurement_keeps_the_trial_with_null_figures_and_caches_nothi
 
 @pytest.mark.slow
 def test_a_trial_writes_its_size_block(tmp_path):
-    run_cli(tmp_path, *TINY)
+    proc = run_cli(tmp_path, *TINY)
     m = read_metrics(tmp_path / "run")
     size = m["size"]
+    assert (f"the student: 1,210 parameters, {times(size['params_ratio'])} times fewer than the teacher's; "
+            f"{times(size['flops_ratio'])} times fewer FLOPs") in proc.stdout + proc.stderr
     # The default student, MLP 64-16-10 on digits, and the default teacher, SmallCNN (32, 64) with 128 hidden.
     assert size["student_params"] == m["config"]["student_params"] == 64 * 16 + 16 + 16 * 10 + 10
     assert size["student_flops"] == 2 * (64 * 16 + 16 * 10)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from kdsweep.analysis.loading import STUDENT
 from kdsweep.analysis.tables import NothingToCompare, complete, keys_in, paired_baselines
+from kdsweep.ratios import times
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -111,11 +112,6 @@ def tradeoff_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in first if c in table]].sort_values(["kind", "params"], kind="stable").reset_index(drop=True)
 
 
-def _times(x: float) -> str:
-    """A ratio as a person reads it: 1,170 times, 12.5 times, 0.93 times."""
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
 def tradeoff_summary(table: pd.DataFrame) -> list[str]:
     """Sentences for the report: per student on the accuracy-parameters front, how many times smaller and
     faster than the teacher it is and how many points of test accuracy it gives up."""
@@ -131,10 +127,10 @@ def tradeoff_summary(table: pd.DataFrame) -> list[str]:
         width = "" if r.get("student_width") != r.get("student_width") else f" width {int(r['student_width'])}"
         depth = "" if r.get("student_depth") != r.get("student_depth") else f" depth {int(r['student_depth'])}"
         lines.append(
-            f"Student{width}{depth} (T={r['temperature']:.3g}, alpha={r['alpha']:.3g}): {_times(t['params'] / r['params'])} times "
+            f"Student{width}{depth} (T={r['temperature']:.3g}, alpha={r['alpha']:.3g}): {times(t['params'] / r['params'])} times "
             f"smaller than the teacher ({int(r['params']):,} parameters, {int(r['bytes']):,} bytes), "
-            f"{_times(t['flops'] / r['flops'])} times fewer FLOPs, {_times(t['latency_ms'] / r['latency_ms'])} times faster at "
-            f"batch 1 and {_times(r['throughput'] / t['throughput'])} times the throughput, at {100 * (r['test_acc'] - t['test_acc']):+.1f} "
+            f"{times(t['flops'] / r['flops'])} times fewer FLOPs, {times(t['latency_ms'] / r['latency_ms'])} times faster at "
+            f"batch 1 and {times(r['throughput'] / t['throughput'])} times the throughput, at {100 * (r['test_acc'] - t['test_acc']):+.1f} "
             f"points of test accuracy ({r['test_acc']:.4f} against {t['test_acc']:.4f}).")
     return lines
 
