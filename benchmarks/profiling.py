@@ -5,8 +5,9 @@
 For kdsweep's students and teachers on digits (1x8x8) and Fashion-MNIST / MNIST (1x28x28) inputs, it
 prints the figures `kdsweep.profiling.measure` gives (parameters, bytes, FLOPs per example, latency at
 batch 1, throughput at batch 512), the seconds the first measurement takes (what a sweep pays once per
-architecture and machine) and the seconds a later trial's cached read takes. Inputs are random
-tensors of the data's shape: size and speed do not depend on the values.
+architecture and machine; the first row also pays the FLOP counter's one-time set-up, 2-4 s) and the
+seconds a later trial's cached read takes. Inputs are random tensors of the data's shape: size and
+speed do not depend on the values.
 """
 
 from __future__ import annotations
