@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,13 +55,17 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
     tree.pop(leaf, None)
 
 
-def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str, str]) -> Identity:
+def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str, str],
+             objectives: Mapping[str, str] | None = None) -> Identity:
     """The identity of a study over `space` of the composed task config `config` (no `hydra` node).
 
     Args:
         config: the task config as plain containers, interpolations resolved.
         swept: the keys the sweep sets per trial (left out: they are the search space's).
         space: the search space, parameter -> distribution as text.
+        objectives: objective -> direction for a study of hydra.sweeper.objectives (kept with the search
+            space, so such a study gets a name of its own); None: the default objective, which leaves
+            the identity of every study made before objectives existed as it was.
 
     Raises:
         DataError: a file the config names does not exist, or the data function fails.
@@ -71,6 +76,8 @@ def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str
         _drop(tree, key.lstrip("+~"))
     tree.pop("hydra", None)
     space = dict(sorted(space.items()))
+    if objectives:
+        space["objectives"] = ", ".join(f"{d} {o}" for o, d in objectives.items())
     # Without user files the digest is what it was before files counted: such studies keep their names.
     hashed = [tree, space, files] if files else [tree, space]
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
@@ -105,22 +112,40 @@ def study_name(ident: Identity, choices: Mapping[str, Any], changed: Mapping[str
     return "-".join(parts + [ident.digest[:8]])
 
 
-def check_study(study: optuna.Study, ident: Identity, direction: str, shown_storage: str) -> bool:
+def check_study(study: optuna.Study, ident: Identity, directions: Sequence[str], shown_storage: str,
+                objectives: Sequence[str] | None = None) -> bool:
     """Check that an existing `study` is this experiment's; True if it was new (no identity yet).
 
+    objectives: the metrics.json figures the study optimizes (hydra.sweeper.objectives), recorded as
+    Optuna's metric names; None: the one default objective (a study without metric names).
+
     Raises:
-        ConfigError: the study optimizes in the other direction, or was made for another
-            configuration or search space (the differing keys named), with the way out.
+        ConfigError: the study optimizes in other directions or other objectives, or was made for
+            another configuration or search space (the differing keys named), with the way out.
     """
     name = study.study_name
     have = [d.name.lower() for d in study.directions]
-    if have != [direction]:
+    shown = directions[0] if len(directions) == 1 else f"[{','.join(directions)}]"
+    if have != list(directions):
         raise ConfigError(
-            f"study {name} in {shown_storage} was created to {' and '.join(have)} its objective, but "
-            f"hydra.sweeper.direction={direction}. A study's direction cannot change: set "
-            f"hydra.sweeper.direction={have[0]} to continue it, or give the new search a study of its own "
-            f"with hydra.sweeper.study_name=NEW_NAME."
+            f"study {name} in {shown_storage} was created to {' and '.join(have)} its objective"
+            f"{'s' if len(have) > 1 else ''}, but hydra.sweeper.direction={shown}. A study's direction cannot change: set "
+            f"hydra.sweeper.direction={have[0] if len(have) == 1 else '[' + ','.join(have) + ']'} to continue it, or "
+            f"give the new search a study of its own with hydra.sweeper.study_name=NEW_NAME."
         )
+    recorded = study.metric_names  # None: the default objective, the job's val accuracy
+    wanted = list(objectives) if objectives is not None else None
+    if recorded is None and wanted is not None and not study.get_trials(deepcopy=False):
+        with warnings.catch_warnings():  # "experimental since v3.2": the only way Optuna records the names
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(wanted)  # a new study: record what it optimizes
+    elif (list(recorded) if recorded is not None else None) != wanted:
+        def spell(names: Sequence[str] | None) -> str:
+            return "null (the best val accuracy the job returns)" if names is None else f"[{','.join(names)}]"
+        raise ConfigError(
+            f"study {name} in {shown_storage} optimizes hydra.sweeper.objectives={spell(recorded)}, but this sweep "
+            f"sets hydra.sweeper.objectives={spell(wanted)}. A study's objectives cannot change: set them back to "
+            f"continue it, or give the new search a study of its own with hydra.sweeper.study_name=NEW_NAME.")
     stored = study.user_attrs.get(IDENTITY_ATTR)
     if stored is None:
         return True

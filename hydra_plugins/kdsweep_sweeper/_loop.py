@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _folders, _grid, _identity, _options, _pruning
+from hydra_plugins.kdsweep_sweeper import _folders, _grid, _identity, _objectives, _options, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
 from hydra_plugins.kdsweep_sweeper._grid import Grid
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
@@ -58,7 +58,7 @@ class SweepInterrupted(BaseException):
 class SweepOptions:
     """`hydra.sweeper`'s options as plain values (the storage URL with its password)."""
 
-    direction: str
+    directions: tuple[str, ...]  # one per objective; one: the best val accuracy's
     study_name: str | None
     storage: Any
     n_trials: int
@@ -71,6 +71,7 @@ class SweepOptions:
     stale_after: float
     pruner: dict[str, Any] | None = None  # the hydra.sweeper.pruner node (each job builds the pruner)
     report_every: int = 1
+    objectives: tuple[str, ...] | None = None  # metrics.json figures to optimize (_objectives); None: the job's return value
 
 
 def checked_options(options: dict[str, Any]) -> SweepOptions:
@@ -86,13 +87,8 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
     rate = options.get("max_failure_rate")
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
         raise ConfigError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1], but got {rate!r}.")
-    direction = options.get("direction")
-    if isinstance(direction, (list, tuple)) and len(direction) == 1:
-        direction = direction[0]
-    direction = str(getattr(direction, "name", direction)).lower()
-    if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"hydra.sweeper.direction must be maximize or minimize (a trial returns one number, the "
-                          f"best val accuracy), but got hydra.sweeper.direction={options.get('direction')!r}.")
+    directions, objectives = _objectives.checked_objectives(options.get("direction"), options.get("objectives"),
+                                                            options.get("pruner"))
     if options.get("search_space"):
         raise ConfigError("hydra.sweeper.search_space is the official plugin's retired form; write the search "
                           "space as hydra.sweeper.params in Hydra's sweep grammar, e.g. loss.temperature: interval(1, 16).")
@@ -100,7 +96,7 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
     _folders.check_study_name(options.get("study_name"))
     _options.check_options(options)
     return SweepOptions(
-        direction=direction, study_name=options.get("study_name"), storage=options.get("storage"),
+        directions=directions, objectives=objectives, study_name=options.get("study_name"), storage=options.get("storage"),
         n_trials=options["n_trials"], n_jobs=options["n_jobs"], max_failure_rate=float(rate),
         params=dict(options.get("params") or {}), custom_search_space=options.get("custom_search_space"),
         sampler=options.get("sampler"), heartbeat_interval=float(options.get("heartbeat_interval", 30)),
@@ -157,8 +153,8 @@ def open_study(where: StorageURL, name: str, opts: SweepOptions, ident: _identit
         storage = open_storage(where)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(study_name=name, storage=storage, direction=opts.direction, load_if_exists=True)
-    if _identity.check_study(study, ident, opts.direction, where.shown):
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(opts.directions), load_if_exists=True)
+    if _identity.check_study(study, ident, opts.directions, where.shown, opts.objectives):
         if study.get_trials(deepcopy=False):
             log.warning("Study %s records no kdsweep configuration (made by an earlier kdsweep or by hand): it is "
                         "taken as this experiment's, and the configuration is recorded", name)
@@ -242,7 +238,8 @@ def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: in
         return asked, finished, running
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -> None:
+def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path,
+         objectives: tuple[str, ...] | None = None) -> None:
     """Record one finished job: its value and metrics, PRUNED, or FAIL with the reason (never a NaN)."""
     # JobReturn.return_value writes Hydra's "Error executing job with overrides" to stderr before it
     # re-raises a job's exception: right for a failure, noise for a pruned trial, which is no error.
@@ -254,6 +251,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -
         value = float(ret.return_value)  # re-raises the job's exception
         if not math.isfinite(value):
             raise ValueError(f"the objective is {value}; a non-finite value is never handed to Optuna")
+        told = value if objectives is None else _objectives.values(output_dir, objectives)
     except Exception as e:
         reason = _first_paragraph(e)
         log.warning("Trial %d failed: %s", trial.number, reason, exc_info=not isinstance(e, KDSweepError))
@@ -261,7 +259,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -
         fail(study, trial, reason)
         return
     _report.record_metrics(trial, output_dir)
-    study.tell(trial, value)
+    if objectives is not None:
+        trial.set_user_attr(_objectives.OBJECTIVES_ATTR, dict(zip(objectives, told)))
+    study.tell(trial, told)
 
 
 def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options: dict[str, Any],
@@ -284,7 +284,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             function(config, trial)
 
     task = check_search_space(context, config, space)
-    ident = _identity.identity(task, list(space.distributions), space.describe())
+    ident = _identity.identity(task, list(space.distributions), space.describe(),
+                               dict(zip(opts.objectives, opts.directions)) if opts.objectives else None)
     name = opts.study_name or _identity.study_name(ident, config.hydra.runtime.choices, space.fixed)
     # Every job composes its config with it, so hydra.sweep.dir=.../${hydra.sweeper.study_name} (the
     # default) is the study's own folder in every trial and every worker.
@@ -294,8 +295,9 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     sweep_dir = Path(str(config.hydra.sweep.dir))
     _folders.claim_sweep_dir(study, where, sweep_dir)  # refuses a folder that holds another study's trials
     sampler_name = type(make_sampler(0)).__name__.lstrip("_")
-    log.info("Study %s in %s: %s the objective with %s, %d finished (COMPLETE or PRUNED) trials as the target "
-             "(shared by every worker); trial folders in %s", name, where.shown, opts.direction, sampler_name,
+    log.info("Study %s in %s: %s with %s, %d finished (COMPLETE or PRUNED) trials as the target "
+             "(shared by every worker); trial folders in %s", name, where.shown,
+             _objectives.describe(opts.directions, opts.objectives), sampler_name,
              n_trials, sweep_dir)
     if opts.pruner is not None:
         _pruning.hand_to_jobs(where, name)
@@ -348,7 +350,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                     jobs.append(job)
                 returns = launcher.launch(jobs, initial_job_idx=trials[0].number)
                 for trial, ret in zip(trials, returns):
-                    tell(study, trial, ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)))
+                    tell(study, trial, ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)), opts.objectives)
                     told.add(trial.number)
             except BaseException as e:  # Ctrl-C, SIGTERM, a launcher error: leave nothing RUNNING
                 for trial in trials:
@@ -380,8 +382,11 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     # Only COMPLETE trials compete for the best: a PRUNED trial's value is its last report, before it finished.
     complete_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n_pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-    text, results = _report.summary(name, where.shown, complete_trials, opts.direction == "maximize", sweep_dir,
-                                    n_pruned)
+    if opts.objectives is None:
+        text, results = _report.summary(name, where.shown, complete_trials, opts.directions == ("maximize",), sweep_dir,
+                                        n_pruned)
+    else:  # the Pareto front (a single objective: its best trials)
+        text, results = _objectives.front_summary(name, where.shown, study, opts.objectives, opts.directions, sweep_dir)
     _report.write_results(sweep_dir, results)
     log.info(text)
     close(study._storage)  # noqa: SLF001

@@ -73,10 +73,11 @@ def trial_line(trial: FrozenTrial, complete: int, pruned: int, n_trials: int, se
     if trial.state == TrialState.PRUNED:
         what = (f"pruned at epoch {attrs.get('pruned_epoch')}, best val so far {g4(attrs.get('val_acc'))} "
                 f"(its metrics.json says \"status\": \"pruned\")")
-    elif trial.value is None:
+    elif trial.values is None:
         what = f"FAIL: {attrs.get(REASON_ATTR, 'no reason recorded')}"
     else:
-        what = f"val {g4(attrs.get('val_acc', trial.value))}, test {g4(attrs.get('test_acc'))}"
+        what = f"val {g4(attrs.get('val_acc', trial.values[0]))}, test {g4(attrs.get('test_acc'))}"
+        what += "".join(f", {k} {g4(v)}" for k, v in attrs.get("objectives", {}).items() if k != "best_val_acc")
         if attrs.get("gain") is not None:
             what += f", gain {attrs['gain']:+.4g} over the baseline's {g4(attrs.get('baseline_test_acc'))}"
     left = n_trials - complete - pruned

@@ -22,8 +22,11 @@ class KDSweepSweeperConf:
     # optuna.samplers.X's keyword arguments, with `_target_`: chosen in kdsweep.yaml's defaults list
     # (`- sampler: tpe`), or with hydra/sweeper/sampler=NAME.
     sampler: Any = None
-    # kdsweep's objective, the best val accuracy, is maximized. One direction: a trial returns one number.
+    # kdsweep's objective, the best val accuracy, is maximized. With `objectives`, a list: one direction each.
     direction: Any = "maximize"
+    # null: the best val accuracy the job returns. A list of metrics.json figures (best_val_acc, student_params,
+    # student_latency_ms, ...; _objectives.py): a multi-objective study, whose end lists its Pareto front.
+    objectives: Any = None
     storage: Optional[str] = None
     study_name: Optional[str] = None
     n_trials: int = 20

@@ -116,4 +116,8 @@ def _importances(study: optuna.Study, evaluator: object) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental-API warnings
-        return {p: float(v) for p, v in imp.get_param_importances(study, evaluator=evaluator).items()}
+        # A multi-objective study (hydra.sweeper.objectives): the importances for its val accuracy.
+        names = study.metric_names or []
+        target = None if len(study.directions) == 1 or "best_val_acc" not in names else (
+            lambda t, i=names.index("best_val_acc"): t.values[i])
+        return {p: float(v) for p, v in imp.get_param_importances(study, evaluator=evaluator, target=target).items()}

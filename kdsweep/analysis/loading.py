@@ -135,7 +135,9 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
         if missing := [k for k in keys if k not in part]:
             return skip(f"metrics.json is incomplete (no {section}.{missing[0]})")
     status = metrics.get("status", "complete")  # written by kdsweep since pruning; earlier trials all completed
-    return {**metrics["config"], **metrics["results"], **metrics["timings"], "status": status, "path": str(folder)}
+    # size: the student's and teacher's measured size and speed (kdsweep.profiling), flat student_*/teacher_* keys
+    return {**metrics["config"], **(metrics.get("size") or {}), **metrics["results"], **metrics["timings"],
+            "status": status, "path": str(folder)}
 
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:

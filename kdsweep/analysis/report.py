@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kdsweep.analysis import importance, plots, tables
+from kdsweep.analysis import importance, plots, tables, tradeoff
 from kdsweep.analysis.intervals import Interval, describe, evidence, paired_interval, points
 from kdsweep.analysis.loading import STUDENT, describe_sweep, latest_sweep, load_trials, open_study, study_trials
 
@@ -79,6 +79,13 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     except tables.NothingToCompare as e:
         report.notes.append(f"no parameter importances: {e}")
     report.summary = summarize(trials, source, t_alpha, sizes, report.tables.get("parameter_importance"))
+    if tradeoff.has_sizes(trials):  # what each student buys in size and speed (kdsweep.analysis.tradeoff)
+        try:
+            report.tables["tradeoff"] = tradeoff.tradeoff_table(trials)
+            report.figures["tradeoff"] = tradeoff.plot_tradeoff(report.tables["tradeoff"])
+            report.summary += tradeoff.tradeoff_summary(report.tables["tradeoff"])
+        except tables.NothingToCompare as e:
+            report.notes.append(str(e))
     if labels is not None:
         report.summary += labels_summary(labels)
     return report
