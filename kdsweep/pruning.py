@@ -15,9 +15,11 @@ for. The contract with the sweeper:
 
 `kdsweep.run.settings_from_config` reads these into a `PruningSettings`; `should_stop_for` loads the
 study with that pruner, and each call reports the epoch's val accuracy (`trial.report(val_acc,
-epoch)`) and asks `trial.should_prune()`. A pruned trial then raises `kdsweep.errors.TrialPruned`
-(see `kdsweep.trial`), for the sweeper to record it as PRUNED. Optuna is imported only here, and only
-when a trial is pruned-for: a single run never imports it.
+epoch)`) and, with a pruner, asks `trial.should_prune()`. A pruned trial then raises
+`kdsweep.errors.TrialPruned` (see `kdsweep.trial`), for the sweeper to record it as PRUNED. Every
+Optuna trial reports, with a pruner or without: its intermediate values are the learning curve that
+optuna-dashboard and `optuna.visualization.plot_intermediate_values` draw. Optuna is imported only
+here, and only for an Optuna trial: a single run never imports it.
 """
 
 from __future__ import annotations
@@ -43,29 +45,30 @@ TRIAL_ENV = "KDSWEEP_OPTUNA_TRIAL"
 class PruningSettings:
     """Which Optuna trial a job reports to, with which pruner, how often."""
 
-    pruner: dict[str, Any]  # the hydra.sweeper.pruner node: `_target_` and the pruner's arguments
+    pruner: dict[str, Any] | None  # the hydra.sweeper.pruner node (`_target_` and its arguments); None: report only
     report_every: int  # epochs between reports (and pruning decisions)
     trial_number: int
     study_name: str
     storage: str = field(repr=False)  # holds the password: kept out of logs and reprs
 
     @property
-    def pruner_name(self) -> str:
-        return str(self.pruner.get("_target_", "?")).rsplit(".", 1)[-1]
+    def pruner_name(self) -> str | None:
+        return None if self.pruner is None else str(self.pruner.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def pruning_settings(
     pruner: Any, report_every: Any, trial_number: Any, environ: dict[str, str]
 ) -> PruningSettings | None:
-    """Checked settings from the job's config values and the sweeper's environment; None: no pruning.
+    """Checked settings from the job's config values and the sweeper's environment; None: no Optuna trial.
 
-    pruner: the hydra.sweeper.pruner node as a plain dict, or None; report_every: hydra.sweeper.
-    report_every (None: 1); trial_number: hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL (None: this job is no
-    Optuna trial, e.g. a single run). Raises ConfigError naming the key for a value that cannot work.
+    pruner: the hydra.sweeper.pruner node as a plain dict, or None (the trial reports its val accuracy
+    without being pruned); report_every: hydra.sweeper.report_every (None: 1); trial_number:
+    hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL (None: this job is no Optuna trial, e.g. a single run or a
+    grid). Raises ConfigError naming the key for a value that cannot work.
     """
-    if pruner is None or trial_number is None:
+    if trial_number is None:
         return None
-    if not isinstance(pruner, dict) or not isinstance(pruner.get("_target_"), str):
+    if pruner is not None and (not isinstance(pruner, dict) or not isinstance(pruner.get("_target_"), str)):
         raise ConfigError(
             f"hydra.sweeper.pruner must be null or a node with a _target_ naming an Optuna pruner class "
             f"(e.g. optuna.pruners.MedianPruner), but got hydra.sweeper.pruner={pruner!r}."
@@ -88,7 +91,8 @@ def pruning_settings(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set in the environment: the "
             f"sweeper sets {STORAGE_ENV} (the storage URL) and {STUDY_ENV} (the study name) for its jobs."
         )
-    return PruningSettings(dict(pruner), report_every, number, environ[STUDY_ENV], environ[STORAGE_ENV])
+    return PruningSettings(None if pruner is None else dict(pruner), report_every, number, environ[STUDY_ENV],
+                           environ[STORAGE_ENV])
 
 
 def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -129,7 +133,8 @@ def load_trial(settings: PruningSettings) -> optuna.trial.Trial:
     """
     import optuna
 
-    pruner = make_pruner(settings.pruner)
+    # No pruner: Optuna's NopPruner, which never prunes (should_stop_for does not even ask it).
+    pruner = optuna.pruners.NopPruner() if settings.pruner is None else make_pruner(settings.pruner)
     storage = open_storage(settings.storage)
     try:
         study_id = storage.get_study_id_from_name(settings.study_name)
@@ -161,11 +166,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def should_stop_for(settings: PruningSettings) -> ShouldStop:
-    """`should_stop(epoch, val_acc)`: report val_acc at step `epoch` to the trial; True if it is pruned."""
+    """`should_stop(epoch, val_acc)`: report val_acc at step `epoch` to the trial; True if it is pruned.
+
+    Without a pruner it reports and returns False, without asking Optuna (should_prune reads the trial
+    back from the storage: a query per epoch for nothing). A multi-objective study takes no reports
+    (Optuna's Trial.report refuses them): there the callable only returns False.
+    """
     trial = load_trial(settings)
+    if len(trial.study.directions) > 1:
+        if settings.pruner is not None:
+            raise ConfigError(f"hydra.sweeper.pruner={settings.pruner_name} cannot prune a multi-objective study "
+                              "(Optuna's pruners compare one value per step): set hydra/sweeper/pruner=none.")
+        return lambda epoch, val_acc: False
 
     def should_stop(epoch: int, val_acc: float) -> bool:
         trial.report(val_acc, epoch)
-        return trial.should_prune()
+        return settings.pruner is not None and trial.should_prune()
 
     return should_stop

@@ -78,9 +78,10 @@ ENV = {STORAGE_ENV: "sqlite:///x.db", STUDY_ENV: "s"}
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner"}
 
 
-def test_no_pruner_or_no_trial_number_means_no_pruning():
-    assert pruning_settings(None, 1, "3", ENV) is None  # hydra.sweeper.pruner: null
+def test_no_trial_number_means_no_reports_and_no_pruner_means_reports_only():
     assert pruning_settings(MEDIAN, 1, None, ENV) is None  # a single run: no Optuna trial
+    reports_only = pruning_settings(None, None, "3", ENV)  # hydra.sweeper.pruner: null, still a learning curve
+    assert (reports_only.pruner, reports_only.pruner_name, reports_only.trial_number) == (None, None, 3)
     settings = pruning_settings(MEDIAN, None, "3", ENV)
     assert (settings.trial_number, settings.study_name, settings.report_every) == (3, "s", 1)
     assert "sqlite" not in repr(settings)  # the URL may hold a password
