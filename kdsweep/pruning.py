@@ -169,8 +169,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 # Without a pruner the reports only draw the learning curve: they may take at most this share of the
-# training time. A report is a storage commit (18 ms on SQLite on a 2-core VM), longer than a digits
-# epoch (16 ms): reporting each of them would double the training time.
+# training time. A report is a storage commit (18-36 ms on SQLite on a 2-core VM, benchmarks/curve_reports.py),
+# longer than a digits epoch (16-30 ms): reporting each of them would double the training time.
 CURVE_SHARE = 0.05
 
 
