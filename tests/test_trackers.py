@@ -59,6 +59,27 @@ def test_a_tracker_whose_package_is_missing_names_the_extra():
         Missing().on_multirun_start(OmegaConf.create({}))
 
 
+@pytest.mark.parametrize("tracker,cls", [("mlflow", "MLflowTracker"), ("tensorboard", "TensorBoardTracker"),
+                                         ("wandb", "WandbTracker")])
+def test_a_tracker_is_a_hydra_callback_that_leaves_the_trial_and_the_study_as_they_are(tracker, cls):
+    from hydra.utils import instantiate
+
+    from hydra_plugins.kdsweep_sweeper._identity import identity, study_name
+    from test_configs import compose_config
+
+    with_tracker = compose_config(f"tracker={tracker}", return_hydra_config=True)
+    without = compose_config("tracker=none", return_hydra_config=True)
+    callback = instantiate(with_tracker.hydra.callbacks.tracker)
+    assert type(callback).__name__ == cls and isinstance(callback, Tracker)
+    assert "tracker" not in without.hydra.callbacks  # none: no callback at all
+    task = {k: v for k, v in OmegaConf.to_container(with_tracker, resolve=False).items() if k != "hydra"}
+    assert task == {k: v for k, v in OmegaConf.to_container(without, resolve=False).items() if k != "hydra"}
+    # The study's name and identity: tracker=... on the command line is no change of the experiment.
+    ident = identity(OmegaConf.to_container(compose_config(f"tracker={tracker}"), resolve=True), [], {})
+    choices = {"data": "digits", "model": "cnn", "loss": "kd"}
+    assert study_name(ident, choices, {"tracker": tracker}) == study_name(ident, choices, {})
+
+
 # --- MLflow -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
