@@ -13,7 +13,7 @@
 
 The trials of one study are grouped under one parent: an MLflow parent run (tag `mlflow.parentRunId`),
 a TensorBoard folder (LOG_DIR/STUDY/trial-N), a W&B group. A single run has no study: it is logged
-alone (LOG_DIR/runs/FOLDER in TensorBoard). A tracker that cannot log (its server is down) says so in
+alone (LOG_DIR/runs/DATE/TIME in TensorBoard). A tracker that cannot log (its server is down) says so in
 a warning and the trial goes on: metrics.json holds everything it would have logged.
 
 Each tracker is an optional extra (`pip install 'kdsweep[mlflow]'`, `[tensorboard]`, `[wandb]`); a
@@ -52,7 +52,7 @@ class TrialRecord:
 
     study: str | None  # None: a single run
     trial: int | None
-    name: str  # the run's name: "trial N", or the run folder's name
+    name: str  # the run's name: "trial N", or a single run's folder as DATE/TIME
     params: dict[str, str | int | float | bool]  # the composed config, flattened; lists and null as text
     history: list[dict[str, float]]  # one dict per epoch, with its "epoch"
     results: dict[str, float]  # final numbers only
@@ -96,7 +96,9 @@ def trial_record(config: DictConfig, job_return: JobReturn) -> TrialRecord:
     files = [metrics_path] if metrics_path.is_file() else []
     files += sorted(p for p in folder.glob(STUDENT_GLOB) if p.is_file())
     return TrialRecord(
-        study=study, trial=trial, name=f"trial {trial}" if trial is not None else folder.name, params=params,
+        # A single run's folder is outputs/runs/DATE/TIME: both parts, so that runs of two days stay apart.
+        study=study, trial=trial, name=f"trial {trial}" if trial is not None else f"{folder.parent.name}/{folder.name}",
+        params=params,
         history=metrics.get("history", []), results=results,
         status="failed" if error is not None else str(metrics.get("status", "complete")), error=error,
         folder=folder, files=files,
@@ -223,10 +225,10 @@ class TensorBoardTracker(Tracker):
         self.log_dir = log_dir
 
     def folder(self, record: TrialRecord, cwd: str) -> Path:
-        """Where `record`'s event file goes: LOG_DIR/STUDY/trial-N, or LOG_DIR/runs/FOLDER for a single run."""
+        """Where `record`'s event file goes: LOG_DIR/STUDY/trial-N, or LOG_DIR/runs/DATE/TIME for a single run."""
         root = Path(absolute(self.log_dir, cwd))
         if record.study is None:
-            return root / "runs" / record.folder.name
+            return root / "runs" / record.name
         return root / record.study.replace("/", "_") / f"trial-{record.trial}"
 
     def log_trial(self, record: TrialRecord, cwd: str) -> None:
@@ -273,7 +275,7 @@ class WandbTracker(Tracker):
                 run.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
             run.summary.update(record.results | {STUDY_TAG: record.study, TRIAL_TAG: record.trial})
             if record.files:
-                name = f"{record.study}-trial-{record.trial}" if record.study is not None else record.folder.name
+                name = f"{record.study}-trial-{record.trial}" if record.study is not None else record.name
                 artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", name), type="model")
                 for path in record.files:
                     artifact.add_file(str(path))

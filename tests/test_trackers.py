@@ -162,7 +162,8 @@ def test_tensorboard_logs_a_single_run_in_its_own_folder(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_cli(tmp_path, *TINY, "tracker=tensorboard")
-    events = EventAccumulator(str(tmp_path / "outputs" / "tensorboard" / "runs" / "run"))  # hydra.run.dir's name
+    # The run folder's last two parts (outputs/runs/DATE/TIME by default; hydra.run.dir=TMP/run here).
+    events = EventAccumulator(str(tmp_path / "outputs" / "tensorboard" / "runs" / tmp_path.name / "run"))
     events.Reload()
     history = read_metrics(tmp_path / "run")["history"]
     assert [e.step for e in events.Scalars("epoch/val_acc")] == [h["epoch"] for h in history]
