@@ -115,6 +115,30 @@ def test_mlflow_holds_each_trial_as_a_child_of_the_study_run(tmp_path):
         assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == artifacts_expected(folder)
 
 
+def test_mlflow_logs_a_failed_trial_with_its_error_under_the_study_run(tmp_path):
+    from mlflow import MlflowClient
+
+    from kdsweep.trackers import MLflowTracker, TrialRecord
+
+    folder = tmp_path / "3"
+    folder.mkdir()
+    (folder / "student.pt").write_bytes(b"weights")
+    record = TrialRecord(study="s", trial=3, name="trial 3", params={"loss.alpha": 0.5}, history=[], results={},
+                         status="failed", error="the loss is nan at epoch 2", folder=folder, files=[folder / "student.pt"])
+    tracker = MLflowTracker(tracking_uri="sqlite:///mlflow.db", experiment="e", artifact_location="artifacts")
+    tracker.log_trial(record, str(tmp_path))  # relative paths: from the folder the sweep was started in
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e")
+    assert experiment.artifact_location == f"file:{tmp_path / 'artifacts'}"
+    runs = {r.data.tags["kdsweep.role"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs.keys() == {"study", "trial"}
+    failed = runs["trial"]
+    assert failed.info.status == "FAILED" and failed.data.tags["error"] == "the loss is nan at epoch 2"
+    assert failed.data.tags["mlflow.parentRunId"] == runs["study"].info.run_id and failed.data.tags["status"] == "failed"
+    assert failed.data.params == {"loss.alpha": "0.5"} and failed.data.metrics == {}
+    assert [a.path for a in client.list_artifacts(failed.info.run_id)] == ["student.pt"]
+
+
 @pytest.mark.slow
 def test_a_tracker_that_cannot_log_warns_and_the_trial_stands(tmp_path):
     blocked = tmp_path / "blocked"
