@@ -18,6 +18,9 @@ a warning and the trial goes on: metrics.json holds everything it would have log
 
 Each tracker is an optional extra (`pip install 'kdsweep[mlflow]'`, `[tensorboard]`, `[wandb]`); a
 sweep or run with a tracker whose package is missing stops before anything runs, naming the extra.
+
+Trials that ran without a tracker, or while it could not log, are logged afterwards from their folders:
+`python -m kdsweep.trackers tracker=mlflow outputs/multirun/STUDY` (log_folders).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -34,7 +38,6 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.errors import TrialPruned
@@ -82,8 +85,8 @@ def trial_record(config: DictConfig, job_return: JobReturn) -> TrialRecord:
     trial: int | None = None
     if TRIAL_ENV in env_set:  # a trial of kdsweep's Optuna sweeper, whose study_name every job composes
         study, trial = str(OmegaConf.select(config, "hydra.sweeper.study_name")), int(env_set[TRIAL_ENV])
-    elif hydra_cfg.mode == RunMode.MULTIRUN:  # a grid (Hydra's basic sweeper): its folder is the study
-        study, trial = str(hydra_cfg.sweep.dir), int(hydra_cfg.job.num)
+    elif getattr(hydra_cfg.mode, "name", hydra_cfg.mode) == "MULTIRUN":  # a grid (Hydra's basic sweeper)
+        study, trial = str(folder.parent), int(hydra_cfg.job.num)  # its sweep folder is the study
     task = job_return.cfg if job_return.cfg is not None else {k: v for k, v in config.items() if k != "hydra"}
     params = flatten(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
     metrics_path = folder / "metrics.json"
@@ -142,11 +145,16 @@ class Tracker(Callback):
         try:
             self.log_trial(record, str(config.hydra.runtime.cwd))
         except Exception as e:  # the trial's result stands; its metrics.json holds what was not logged
-            log.warning("tracker=%s could not log %s (%s: %s); its metrics.json holds everything it would have "
-                        "logged", self.extra, record.folder, type(e).__name__, " ".join(str(e).split())[:300])
+            log.warning("tracker=%s could not log %s (%s: %s); its folder holds everything it would have logged: "
+                        "once the tracker works, `python -m kdsweep.trackers tracker=%s FOLDER` logs it", self.extra,
+                        record.folder, type(e).__name__, " ".join(str(e).split())[:300], self.extra)
 
     def log_trial(self, record: TrialRecord, cwd: str) -> None:
         raise NotImplementedError
+
+    def logged(self, record: TrialRecord, cwd: str) -> bool:
+        """Whether `record`'s trial folder is logged already (for `python -m kdsweep.trackers`)."""
+        return False
 
 
 class MLflowTracker(Tracker):
@@ -182,6 +190,15 @@ class MLflowTracker(Tracker):
         for path in record.files:
             client.log_artifact(run_id, str(path))
         client.set_terminated(run_id, "FAILED" if record.status == "failed" else "FINISHED")
+
+    def logged(self, record: TrialRecord, cwd: str) -> bool:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=absolute(self.tracking_uri, cwd))
+        experiment = client.get_experiment_by_name(self.experiment)
+        folder = str(record.folder).replace("'", "\\'")
+        return experiment is not None and bool(client.search_runs([experiment.experiment_id],
+                                                                  f"tags.kdsweep.folder = '{folder}'"))
 
     def _experiment_id(self, client: Any, cwd: str) -> str:
         found = client.get_experiment_by_name(self.experiment)
@@ -230,6 +247,9 @@ class TensorBoardTracker(Tracker):
         if record.study is None:
             return root / "runs" / record.name
         return root / record.study.replace("/", "_") / f"trial-{record.trial}"
+
+    def logged(self, record: TrialRecord, cwd: str) -> bool:
+        return any(self.folder(record, cwd).glob("events.out.tfevents.*"))
 
     def log_trial(self, record: TrialRecord, cwd: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -282,3 +302,73 @@ class WandbTracker(Tracker):
                 run.log_artifact(artifact)
         finally:
             run.finish(exit_code=1 if record.status == "failed" else 0)
+
+
+# --------------------------------------------------------------------------- trials that ran before
+
+
+def trial_folders(paths: list[Path]) -> list[Path]:
+    """The trial folders (holding .hydra/hydra.yaml) at or under each path, in path order, then sorted."""
+    found: list[Path] = []
+    for path in paths:
+        hydra_files = [path / ".hydra" / "hydra.yaml"] if (path / ".hydra" / "hydra.yaml").is_file() else \
+            sorted(path.rglob(".hydra/hydra.yaml"), key=lambda p: (len(p.parts), str(p)))
+        found += [f.parent.parent for f in hydra_files if f.parent.parent not in found]
+    return found
+
+
+def log_folders(overrides: list[str], paths: list[Path], cwd: str) -> list[str]:
+    """Log the trials in `paths` that the tracker the `overrides` choose has not logged; one line each.
+
+    The tracker is composed as a run composes it (`tracker=mlflow` and any `hydra.callbacks.tracker.*`
+    override); each trial is read from its folder (.hydra/config.yaml, .hydra/hydra.yaml, metrics.json;
+    a folder without metrics.json is a failed trial). MLflow and TensorBoard skip a folder they already
+    hold; W&B cannot tell, and logs every folder given. Raises SystemExit for no tracker or no trial.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.utils import setup_globals
+    from hydra.utils import instantiate
+
+    setup_globals()  # the ${now:...} resolver of the saved hydra.yaml files
+    with initialize_config_module("kdsweep.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    node = cfg.hydra.callbacks.get("tracker")
+    if node is None:
+        sys.exit("kdsweep: error: name a tracker: tracker=mlflow, tracker=tensorboard or tracker=wandb.")
+    tracker: Tracker = instantiate(node)
+    tracker._check_installed()
+    folders = trial_folders(paths)
+    if not folders:
+        sys.exit(f"kdsweep: error: no trial folder (one holding .hydra/hydra.yaml) at or under {', '.join(map(str, paths))}.")
+    lines = []
+    for folder in folders:
+        task = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        config = OmegaConf.merge(task, OmegaConf.load(folder / ".hydra" / "hydra.yaml"))
+        finished = (folder / "metrics.json").is_file()
+        job_return = JobReturn(cfg=task, status=JobStatus.COMPLETED if finished else JobStatus.FAILED)
+        if not finished:
+            job_return._return_value = RuntimeError("no metrics.json: the trial did not finish")  # noqa: SLF001
+        record = trial_record(config, job_return)
+        if tracker.logged(record, cwd):
+            lines.append(f"{folder}: already logged")
+            continue
+        tracker.log_trial(record, cwd)
+        lines.append(f"{folder}: logged ({record.status})")
+    return lines
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """python -m kdsweep.trackers tracker=NAME [hydra.callbacks.tracker.KEY=VALUE ...] FOLDER [FOLDER ...]"""
+    args = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in args if "=" in a]
+    paths = [Path(a) for a in args if "=" not in a]
+    if not overrides or not paths:
+        sys.exit("usage: python -m kdsweep.trackers tracker=mlflow|tensorboard|wandb [hydra.callbacks.tracker.KEY=VALUE "
+                 "...] FOLDER [FOLDER ...]\nLogs the trial folders at or under each FOLDER (e.g. outputs/multirun/STUDY) "
+                 "that the tracker does not hold yet.")
+    for line in log_folders(overrides, paths, os.getcwd()):
+        print(line)
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from conftest import F32_EPS, TINY, read_metrics, run_cli
+from conftest import F32_EPS, REPO, TINY, read_metrics, run_cli
 from test_survive import sqlite_url, the_study
 
 from kdsweep.trackers import STUDENT_GLOB, Tracker, flatten, trial_record
@@ -48,6 +51,13 @@ def test_a_record_reads_the_trial_folder_and_globs_the_student(tmp_path):
     assert record.params == {"loss.temperature": 4.0} and record.history == history
     assert record.results == {"test_acc": 0.7, "best_epoch": 2.0}  # None is no number: left out
     assert [p.name for p in record.files] == ["metrics.json", "student.onnx", "student.pt"]
+    # A grid (Hydra's basic sweeper, no Optuna trial): the sweep folder is the study, the job number the trial.
+    del config.hydra.job.env_set["KDSWEEP_OPTUNA_TRIAL"]
+    grid = trial_record(config, ret)
+    assert (grid.study, grid.trial, grid.name) == (str(tmp_path), 7, "trial 7")
+    config.hydra.mode = "RUN"  # a single run: no study, named by its folder's last two parts
+    single = trial_record(config, ret)
+    assert (single.study, single.trial, single.name) == (None, None, f"{tmp_path.name}/7")
 
 
 def test_a_tracker_whose_package_is_missing_names_the_extra():
@@ -147,6 +157,20 @@ def test_a_tracker_that_cannot_log_warns_and_the_trial_stands(tmp_path):
                    f"hydra.callbacks.tracker.tracking_uri=sqlite:///{blocked}/sub/mlflow.db", multirun=True)
     assert f"tracker=mlflow could not log {tmp_path / 'sweep' / '0'}" in proc.stdout + proc.stderr
     assert [t.state.name for t in the_study(sqlite_url(tmp_path)).trials] == ["COMPLETE"]
+    # Logged afterwards from the trial's folder, once; a second pass finds it logged.
+    store = f"hydra.callbacks.tracker.tracking_uri=sqlite:///{tmp_path / 'later.db'}"
+    args = [sys.executable, "-m", "kdsweep.trackers", "tracker=mlflow", store, str(tmp_path / "sweep")]
+    for expected in ("logged (complete)", "already logged"):
+        later = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert later.returncode == 0 and later.stdout == f"{tmp_path / 'sweep' / '0'}: {expected}\n", later.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'later.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kdsweep").experiment_id], "tags.kdsweep.role = 'trial'")
+    (run,) = runs
+    metrics = read_metrics(tmp_path / "sweep" / "0")
+    assert run.data.tags["study"] == the_study(sqlite_url(tmp_path)).study_name and run.data.tags["trial"] == "0"
+    assert run.data.metrics["test_acc"] == metrics["results"]["test_acc"]
 
 
 # --- TensorBoard ------------------------------------------------------------------------------------
