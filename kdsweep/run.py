@@ -36,8 +36,9 @@ EXIT_PRUNED = 3
 def pruning_from_hydra() -> PruningSettings | None:
     """The job's Optuna trial and pruner (kdsweep.pruning), from the Hydra config of the job now running.
 
-    None (no pruning) when Hydra is not running, the sweeper has no `pruner` (or it is null), or the
-    job is no Optuna trial (no hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL).
+    None when Hydra is not running or the job is no Optuna trial (no hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL).
+    An Optuna trial always reports its val accuracy (its learning curve); it is pruned only when the
+    sweeper has a `pruner`.
     """
     if not HydraConfig.initialized():
         return None

@@ -1,4 +1,5 @@
-"""optuna-dashboard (pip install 'kdsweep[dashboard]') reads a real kdsweep study over its HTTP API.
+"""optuna-dashboard (pip install 'kdsweep[dashboard]') reads a real kdsweep study over its HTTP API (the
+REST API its web UI reads: /api/studies, /api/studies/ID), learning curves included.
 
 The dashboard's own WSGI app (`optuna_dashboard.wsgi`, what the `optuna-dashboard` command serves) runs
 in a server this test binds before its first request: no polling a server that may not be up yet.
@@ -60,9 +61,15 @@ def test_the_dashboard_shows_a_kdsweep_study_with_its_configuration_and_metrics(
         detail = get_json(f"{base}/api/studies/{study['study_id']}")
     trials = detail["trials"]
     assert [t["state"] for t in trials] == ["Complete", "Complete"]
+    # No pruner, and still the learning curves: the flag the web UI draws its intermediate-values plot by.
+    assert detail["has_intermediate_values"] is True
     for t in trials:
         metrics = json.loads((tmp_path / "sweep" / str(t["number"]) / "metrics.json").read_text())
         user = {a["key"]: a["value"] for a in t["user_attrs"]}
         assert float(user["test_acc"]) == metrics["results"]["test_acc"]  # the same double, through JSON and back
         assert t["values"] == [metrics["results"]["best_val_acc"]]
         assert {p["name"] for p in t["params"]} == {"loss.temperature", "loss.alpha"}
+        # Each point of the curve is an epoch's val accuracy, as JSON carries it (a float's repr: exact);
+        # epoch 1 always, the later ones as their time allows (kdsweep.pruning.CURVE_SHARE).
+        curve = {v["step"]: v["value"] for v in t["intermediate_values"]}
+        assert 1 in curve and curve.items() <= {h["epoch"]: h["val_acc"] for h in metrics["history"]}.items()

@@ -6,9 +6,9 @@ study's identity derived from the composed config (identity), and the study open
 its storage (storage). Each round, under the claim lock (workers): trials left RUNNING by a dead
 worker are failed, the finished (COMPLETE or PRUNED) and RUNNING trials counted, and as many trials
 asked as are missing (at most n_jobs); the launcher runs them; each result is told (report: a line per
-trial). With a pruner (pruning): the jobs report to their Optuna trials and stop when pruned; a pruned
-job is told PRUNED, counts as finished (Optuna's convention for n_trials), not against the failure
-budget, and is never the best trial.
+trial). Every job reports its val accuracy per epoch to its Optuna trial (pruning); with a pruner, it
+stops when pruned: a pruned job is told PRUNED, counts as finished (Optuna's convention for
+n_trials), not against the failure budget, and is never the best trial.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _folders, _grid, _identity, _objectives, _options, _pruning
+from hydra_plugins.kdsweep_sweeper import _callbacks, _folders, _grid, _identity, _objectives, _options, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
 from hydra_plugins.kdsweep_sweeper._grid import Grid
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
@@ -80,6 +80,7 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
     Raises:
         ConfigError: naming the key, the value and what is allowed.
     """
+    _callbacks.refuse_unknown(options)
     for key in ("n_trials", "n_jobs"):
         value = options.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -269,6 +270,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     """The whole sweep; see the module docstring. Raises KDSweepError for what the user can fix."""
     quiet_optuna()
     opts = checked_options(options)
+    callbacks, stopped = _callbacks.build_callbacks(options.get("callbacks")), False  # Optuna's, after each trial
     space = parse(opts.params, arguments)
     if not space.distributions and not opts.custom_search_space:
         raise ConfigError("the sweep searches nothing: hydra.sweeper.params is empty and no override on the command "
@@ -299,8 +301,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
              "(shared by every worker); trial folders in %s", name, where.shown,
              _objectives.describe(opts.directions, opts.objectives), sampler_name,
              n_trials, sweep_dir)
+    _pruning.hand_to_jobs(where, name)  # every trial reports its learning curve; a pruner also stops some
     if opts.pruner is not None:
-        _pruning.hand_to_jobs(where, name)
         log.info("Pruner %s: each trial reports its val accuracy every %d epoch(s)",
                  str(opts.pruner["_target_"]).rsplit(".", 1)[-1], opts.report_every)
     if grid_size is not None and n_trials < opts.n_trials:
@@ -345,13 +347,13 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                         job.append(f"hydra.sweep.subdir={trial.number}")
                     if threads is not None:
                         job.append(f"train.num_threads={threads}")
-                    if opts.pruner is not None:
-                        job.append(_pruning.trial_override(trial.number))
+                    job.append(_pruning.trial_override(trial.number))
                     jobs.append(job)
                 returns = launcher.launch(jobs, initial_job_idx=trials[0].number)
                 for trial, ret in zip(trials, returns):
                     tell(study, trial, ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)), opts.objectives)
                     told.add(trial.number)
+                    stopped = _callbacks.call(callbacks, study, trial) or stopped
             except BaseException as e:  # Ctrl-C, SIGTERM, a launcher error: leave nothing RUNNING
                 for trial in trials:
                     if trial.number not in told:
@@ -375,6 +377,9 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                     f"{errors[-1].user_attrs.get(_report.REASON_ATTR)} Fix the cause and run the same command "
                     "again: the finished trials are kept (or raise hydra.sweeper.max_failure_rate)."
                 )
+            if stopped:
+                log.info("A callback in hydra.sweeper.callbacks called study.stop(): the sweep ends here")
+                break
     finally:
         heartbeat.close()
         if main_thread:

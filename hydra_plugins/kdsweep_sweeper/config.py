@@ -7,8 +7,8 @@ node, so that choosing another sampler replaces its options instead of merging i
 """
 # No `from __future__ import annotations`: Hydra's ConfigStore reads these annotations as types.
 
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -46,6 +46,9 @@ class KDSweepSweeperConf:
     pruner: Any = None
     # Epochs between a trial's reports of its val accuracy to its Optuna trial (and pruning checks).
     report_every: int = 1
+    # Optuna callbacks, `_target_` nodes, each called as callback(study, frozen_trial) after every trial
+    # (as study.optimize(callbacks=...) calls them): _callbacks.py.
+    callbacks: List[Any] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="kdsweep_optuna", node=KDSweepSweeperConf, provider="kdsweep")
