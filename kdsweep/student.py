@@ -332,7 +332,7 @@ def finish_sweep(sweep_dir: Path, keep: str, trial: int | None) -> None:
     if best is not None:
         log.info("The best trial's student: %s (kdsweep.load_student(%r); python -m kdsweep.export %s --format onnx)",
                  best / WEIGHTS, str(sweep_dir), sweep_dir)
-    log.info("Students kept (keep_students=%s): %d files, %.1f kB in %s", keep, count, size / 1e3, sweep_dir)
+    log.info("Students kept (keep_students=%s): %d (the trials' and best/), %.1f kB in %s", keep, count, size / 1e3, sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

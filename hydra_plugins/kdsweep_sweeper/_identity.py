@@ -22,7 +22,7 @@ import optuna
 from kdsweep.errors import ConfigError
 
 # Keys that change where or how fast a trial runs, never its result.
-NEUTRAL_KEYS = ("cache_dir", "train.num_threads")
+NEUTRAL_KEYS = ("cache_dir", "train.num_threads", "keep_students")
 CONFIG_ATTR = "kdsweep_config"  # the identity's configuration, as a study user attribute
 SPACE_ATTR = "kdsweep_search_space"
 IDENTITY_ATTR = "kdsweep_identity"  # the hash of both
