@@ -9,8 +9,8 @@ A run or trial folder holds, beside its metrics.json:
 
 Both are written atomically (`kdsweep.cache.atomic_write`), the weights first: a manifest always
 names whole weights by their hash, so weights torn or replaced after it are refused on load. A sweep
-places its best trial's student in `SWEEP_DIR/best/` (`place_best`; `python -m kdsweep.student best
-SWEEP_DIR` does it on demand). `keep_students` (config) says which to keep: all, best or none.
+places its best trial's student in `SWEEP_DIR/best/` (`place_best`, called by the `PlaceBestStudent` callback at the end of every sweep;
+`python -m kdsweep.student best SWEEP_DIR` does it on demand). `keep_students` (config) says which to keep: all, best or none.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from kdsweep.errors import CheckpointError, KDSweepError
 from kdsweep.selection import best_with_ties
@@ -292,6 +296,14 @@ def place_best(sweep_dir: str | Path, trial: int | None = None, keep: str = "all
     from kdsweep import cache
 
     sweep_dir = Path(sweep_dir)
+    # Workers that end together choose and write in turn: best/ never mixes two trials' files.
+    with cache.file_lock(sweep_dir / BEST / ".lock"):
+        return _place_best(sweep_dir, trial, keep)
+
+
+def _place_best(sweep_dir: Path, trial: int | None, keep: str) -> Path | None:
+    from kdsweep import cache
+
     students = _trial_students(sweep_dir)
     complete = [(f, m) for f, m in students if m.get("status") == "complete"]
     if trial is None and complete:
@@ -333,6 +345,18 @@ def finish_sweep(sweep_dir: Path, keep: str, trial: int | None) -> None:
         log.info("The best trial's student: %s (kdsweep.load_student(%r); python -m kdsweep.export %s --format onnx)",
                  best / WEIGHTS, str(sweep_dir), sweep_dir)
     log.info("Students kept (keep_students=%s): %d (the trials' and best/), %.1f kB in %s", keep, count, size / 1e3, sweep_dir)
+
+
+class PlaceBestStudent(Callback):
+    """The Hydra callback (kdsweep/conf/config.yaml) that ends every sweep, Optuna or grid, with
+    `finish_sweep`: the trial kdsweep's sweeper named best (optimization_results.yaml), or for a grid the
+    best by `place_best`'s rule."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        results = sweep_dir / "optimization_results.yaml"
+        trial = (yaml.safe_load(results.read_text()) or {}).get("best_trial") if results.is_file() else None
+        finish_sweep(sweep_dir, str(config.get("keep_students", "all")), trial)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from conftest import REPO, read_metrics, run_cli
 from kdsweep import load_student
 from kdsweep.export import export_student, main as export_main, tolerance
 from kdsweep.metrics import predict_logits
+from kdsweep.selection import best_with_ties
 from kdsweep.student import (MANIFEST, WEIGHTS, StudentError, evaluation_data, read_manifest,
                              recomputed_test_accuracy, save_student)
 
@@ -126,6 +127,21 @@ def test_a_sweep_leaves_every_trials_student_and_places_its_best(tmp_path, one_t
                          env=ENV, check=True).stdout
     assert out.startswith(f"{sweep / 'best' / WEIGHTS}: trial {results['best_trial']},")
     assert read_manifest(sweep)["trial"] == results["best_trial"]
+
+
+def test_the_batched_launcher_keeps_each_trials_student(tmp_path, one_thread):
+    # K trials trained as one stacked model: each trial's own student is written and reloads exactly.
+    run_cli(tmp_path, *TINY, "hydra/sweeper=basic", "loss.temperature=2,8", "hydra/launcher=kdsweep_batched",
+            multirun=True)
+    sweep = tmp_path / "sweep"
+    for n in ("0", "1"):
+        metrics, manifest = read_metrics(sweep / n), read_manifest(sweep / n)
+        assert manifest["config"]["loss"]["temperature"] == metrics["config"]["temperature"]
+        assert recomputed_test_accuracy(sweep / n) == metrics["results"]["test_acc"]
+    assert (sweep / "0" / WEIGHTS).read_bytes() != (sweep / "1" / WEIGHTS).read_bytes()
+    # A grid has no optimization_results.yaml: its best is chosen by the project's one rule on val accuracy.
+    best = best_with_ties([read_metrics(sweep / n)["results"]["best_val_acc"] for n in ("0", "1")])
+    assert read_manifest(sweep)["trial"] == best.index
 
 
 def test_keep_students_best_keeps_the_best_alone_and_none_keeps_nothing(tmp_path):

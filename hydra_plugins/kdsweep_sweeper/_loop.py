@@ -34,7 +34,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
-from kdsweep.student import finish_sweep
 
 from hydra_plugins.kdsweep_sweeper import _identity, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
@@ -370,7 +369,6 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                                     n_pruned)
     _report.write_results(sweep_dir, results)
     log.info(text)
-    finish_sweep(sweep_dir, str(OmegaConf.select(config, "keep_students", default="all")), results.get("best_trial"))
     close(study._storage)  # noqa: SLF001
 
 
