@@ -50,6 +50,7 @@ class Exported:
     max_abs_diff: float  # largest |exported - PyTorch| over all logits
     tolerance: float  # the bound it had to stay within (`tolerance`)
     same_predictions: int  # inputs whose top-1 class is the same in both
+    frozen: tuple[str, ...] = ()  # TorchScript: where the trace froze a Python value (file:line (why))
 
 
 def tolerance(reference: torch.Tensor) -> float:
@@ -92,7 +93,9 @@ def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     import torch
 
     batch = torch.export.Dim("batch")
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # its "torchvision is not installed" notes
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -101,6 +104,8 @@ def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
         raise ExportError(f"the student ({type(net).__module__}.{type(net).__qualname__}) cannot be exported to ONNX: "
                           f"{_unsupported(e)}. Export it with --format torchscript, or replace those operations in "
                           "the student's forward.") from None
+    finally:
+        exporter_log.setLevel(level)
     program.save(str(path))
 
 
@@ -125,7 +130,8 @@ def _write_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> lis
             raise ExportError(f"the student ({type(net).__module__}.{type(net).__qualname__}) cannot be traced to "
                               f"TorchScript: {_unsupported(e)}.") from None
     traced.save(str(path))
-    return sorted({" ".join(str(w.message).split())[:200] for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
+    return sorted({f"{Path(w.filename).name}:{w.lineno} ({' '.join(str(w.message).split()).split('. ')[0]})"
+                   for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
 
 
 def export_student(path: str | Path, format: str, output: str | Path | None = None) -> Exported:
@@ -177,7 +183,7 @@ def export_student(path: str | Path, format: str, output: str | Path | None = No
         tol = tolerance(want)
         diff = (got.to(want.dtype) - want).abs().max().item() if got.shape == want.shape else float("inf")
         if not diff <= tol:
-            frozen = f" The tracer warned: {'; '.join(notes)}." if notes else ""
+            frozen = f" Operations the trace froze into constants: {'; '.join(notes)}." if notes else ""
             raise ExportError(
                 f"the {format} export of {folder / WEIGHTS} does not compute what the student computes: on its "
                 f"{len(x)} test inputs its logits differ from PyTorch's by up to {diff:.3g} (shape {tuple(got.shape)} "
@@ -190,7 +196,7 @@ def export_student(path: str | Path, format: str, output: str | Path | None = No
             tmp.unlink()
         raise
     same = int((got.argmax(-1) == want.argmax(-1)).sum())
-    return Exported(target, format, target.stat().st_size, len(x), diff, tol, same)
+    return Exported(target, format, target.stat().st_size, len(x), diff, tol, same, tuple(notes))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{done.path}: {done.format}, {done.bytes} bytes; on the {done.n_inputs} test inputs its logits are within "
           f"{done.max_abs_diff:.3g} of PyTorch's (allowed {done.tolerance:.3g}), the same top-1 class on "
           f"{done.same_predictions} of {done.n_inputs}")
+    if done.frozen:
+        print(f"caution: the trace froze Python values into constants at {'; '.join(done.frozen)}: right on the test "
+              "inputs, but check it on inputs unlike them")
 
 
 if __name__ == "__main__":

@@ -297,7 +297,7 @@ def place_best(sweep_dir: str | Path, trial: int | None = None, keep: str = "all
 
     sweep_dir = Path(sweep_dir)
     # Workers that end together choose and write in turn: best/ never mixes two trials' files.
-    with cache.file_lock(sweep_dir / BEST / ".lock"):
+    with cache.file_lock(sweep_dir / ".best_student.lock"):
         return _place_best(sweep_dir, trial, keep)
 
 
@@ -381,7 +381,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{best / WEIGHTS}: trial {manifest['trial']}, val acc {manifest['results']['best_val_acc']:.4g}, "
                   f"test acc {manifest['results']['test_acc']:.4g}")
         else:
+            import torch
+
             manifest = read_manifest(args.path)
+            threads = ((manifest.get("config") or {}).get("train") or {}).get("num_threads")
+            if threads:  # the trial's thread count: the same sums, so the same count of correct predictions
+                torch.set_num_threads(threads)
             acc = recomputed_test_accuracy(args.path)
             print(json.dumps({k: v for k, v in manifest.items() if k != "config"}, indent=2))
             print(f"test accuracy recomputed from the file: {acc:.6g} (metrics.json: {manifest['results']['test_acc']:.6g})")

@@ -60,6 +60,18 @@ class ZetaStudent(nn.Module):
     def forward(self, x):
         y = torch.sigmoid(self.out(x.flatten(1))) + 2.0
         return torch.special.zeta(y, torch.ones_like(y))
+
+
+class NumpyStudent(nn.Module):
+    """Scales its logits by a Python number computed in NumPy: a trace freezes it into a constant."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.out = nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], num_classes)
+
+    def forward(self, x):
+        scale = float(x.detach().numpy().sum())
+        return self.out(x.flatten(1)) / scale
 '''
 
 
@@ -95,6 +107,10 @@ def test_a_run_leaves_its_student_with_a_manifest(run_dir, one_thread):
     assert sorted(state) == ["1.bias", "1.weight", "3.bias", "3.weight"] and state["1.weight"].shape == (16, 64)
     assert metrics["timings"]["student_save_seconds"] > 0
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    shown = subprocess.run([sys.executable, "-m", "kdsweep.student", "show", str(run_dir)], capture_output=True,
+                           text=True, env=ENV, check=True).stdout
+    acc = metrics["results"]["test_acc"]
+    assert shown.endswith(f"test accuracy recomputed from the file: {acc:.6g} (metrics.json: {acc:.6g})\n")
 
 
 @pytest.mark.parametrize("which", ["folder", WEIGHTS, MANIFEST])
@@ -229,20 +245,27 @@ def test_an_export_round_trip(run_dir, tmp_path, format, one_thread):
     assert tolerance(want) == torch.finfo(torch.float32).eps ** 0.5 * max(1.0, want.abs().max().item())
 
 
-def test_operations_onnx_cannot_express_are_named(run_dir, tmp_path, monkeypatch):
-    (tmp_path / "zetamodels.py").write_text(USER_STUDENTS.replace("TinyCNN", "Unused"))
+@pytest.mark.parametrize("format, student, message", [
+    ("onnx", "ZetaStudent", "cannot be exported to ONNX: operations with no ONNX equivalent: prims.zeta."),
+    ("torchscript", "NumpyStudent", "Operations the trace froze into constants: opmodels.py:{line} (Converting a tensor to "
+                                    "a NumPy array might cause the trace to be incorrect)."),
+])
+def test_operations_a_format_cannot_express_are_named(run_dir, tmp_path, monkeypatch, format, student, message):
+    (tmp_path / "opmodels.py").write_text(USER_STUDENTS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    from zetamodels import ZetaStudent
+    import opmodels
+    from kdsweep.models import code_fingerprint
 
     manifest = read_manifest(run_dir)
-    manifest["network"] = {"node": {"_target_": "zetamodels.ZetaStudent"}, "code": None}
-    save_student(tmp_path / "zeta", ZetaStudent((1, 8, 8), 10), manifest)
-    proc = subprocess.run([sys.executable, "-m", "kdsweep.export", "zeta", "--format", "onnx"], cwd=tmp_path,
+    cls = getattr(opmodels, student)
+    manifest["network"] = {"node": {"_target_": f"opmodels.{student}"}, "code": code_fingerprint(cls)}
+    save_student(tmp_path / "op", cls((1, 8, 8), 10), manifest)
+    proc = subprocess.run([sys.executable, "-m", "kdsweep.export", "op", "--format", format], cwd=tmp_path,
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert ("kdsweep: error: the student (zetamodels.ZetaStudent) cannot be exported to ONNX: operations with no ONNX "
-            "equivalent: prims.zeta.") in proc.stderr
-    assert not list((tmp_path / "zeta").glob("*onnx*"))
+    line = [n for n, text in enumerate(USER_STUDENTS.splitlines(), 1) if "numpy()" in text][0]
+    assert proc.stderr.startswith("kdsweep: error: ") and message.format(line=line) in proc.stderr and proc.stderr.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "op").iterdir()) == [MANIFEST, WEIGHTS]  # nothing written, no .tmp
 
 
 def test_a_missing_export_extra_is_one_line(run_dir, monkeypatch, capsys):
