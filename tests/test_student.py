@@ -153,6 +153,7 @@ def test_the_batched_launcher_keeps_each_trials_student(tmp_path, one_thread):
     for n in ("0", "1"):
         metrics, manifest = read_metrics(sweep / n), read_manifest(sweep / n)
         assert manifest["config"]["loss"]["temperature"] == metrics["config"]["temperature"]
+        assert metrics["timings"]["batched_trials"] == 2  # trained together, saved apart
         assert recomputed_test_accuracy(sweep / n) == metrics["results"]["test_acc"]
     assert (sweep / "0" / WEIGHTS).read_bytes() != (sweep / "1" / WEIGHTS).read_bytes()
     # A grid has no optimization_results.yaml: its best is chosen by the project's one rule on val accuracy.
