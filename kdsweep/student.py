@@ -296,6 +296,8 @@ def place_best(sweep_dir: str | Path, trial: int | None = None, keep: str = "all
     from kdsweep import cache
 
     sweep_dir = Path(sweep_dir)
+    if not any(m.get("status") == "complete" for _, m in _trial_students(sweep_dir)):
+        return None  # nothing to place, and no lock file left in a folder that is no sweep
     # Workers that end together choose and write in turn: best/ never mixes two trials' files.
     with cache.file_lock(sweep_dir / ".best_student.lock"):
         return _place_best(sweep_dir, trial, keep)
@@ -372,11 +374,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.action == "best":
             sweep = Path(args.path)
+            expected = ("`python -m kdsweep.student best` takes a sweep's folder (e.g. outputs/multirun/STUDY_NAME) whose "
+                        f"numbered trial folders hold {WEIGHTS} and {MANIFEST}")
             if not sweep.is_dir():
-                raise _not_a_student(sweep, "it is not a folder")
+                raise StudentError(f"{sweep} is not a folder; {expected}.")
             best = place_best(sweep, None, args.keep)
             if best is None:
-                raise _not_a_student(sweep, "no trial folder in it holds the student of a COMPLETE trial")
+                raise StudentError(f"no trial folder in {sweep} holds the student of a COMPLETE trial; {expected} "
+                                   "(keep_students=none writes none).")
             manifest = read_manifest(best)
             print(f"{best / WEIGHTS}: trial {manifest['trial']}, val acc {manifest['results']['best_val_acc']:.4g}, "
                   f"test acc {manifest['results']['test_acc']:.4g}")

@@ -24,6 +24,7 @@ from kdsweep.metrics import predict_logits
 from kdsweep.selection import best_with_ties
 from kdsweep.student import (MANIFEST, WEIGHTS, StudentError, evaluation_data, read_manifest,
                              recomputed_test_accuracy, save_student)
+from kdsweep.student import main as student_main
 
 pytestmark = pytest.mark.slow  # the real CLI
 
@@ -216,6 +217,10 @@ def test_a_torn_or_foreign_file_is_refused_with_one_paragraph(run_dir, tmp_path)
     (tmp_path / "model.bin").write_bytes(b"\0" * 10)
     with pytest.raises(StudentError, match=r"model\.bin is not a kdsweep student: a student's files are named"):
         load_student(tmp_path / "model.bin")
+    with pytest.raises(SystemExit) as e:  # placing a best in a folder that is no sweep
+        student_main(["best", str(foreign)])
+    assert str(e.value.code).startswith(f"kdsweep: error: no trial folder in {foreign} holds the student of a COMPLETE")
+    assert not (foreign / "best").exists() and not list(tmp_path.rglob("*.lock"))
     # Through the CLI: one line, exit 1, no traceback, nothing written.
     proc = subprocess.run([sys.executable, "-m", "kdsweep.export", str(torn), "--format", "torchscript"],
                           capture_output=True, text=True, env=ENV)
