@@ -9,8 +9,9 @@ A run or trial folder holds, beside its metrics.json:
 
 Both are written atomically (`kdsweep.cache.atomic_write`), the weights first: a manifest always
 names whole weights by their hash, so weights torn or replaced after it are refused on load. A sweep
-places its best trial's student in `SWEEP_DIR/best/` (`place_best`, called by the `PlaceBestStudent` callback at the end of every sweep;
-`python -m kdsweep.student best SWEEP_DIR` does it on demand). `keep_students` (config) says which to keep: all, best or none.
+places its best trial's student in `SWEEP_DIR/best/` (`place_best`, called by the `PlaceBestStudent`
+callback at the end of every sweep; `python -m kdsweep.student best SWEEP_DIR` does it on demand).
+`keep_students` (config) says which to keep: all, best or none.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from omegaconf import DictConfig
 from kdsweep.errors import CheckpointError, KDSweepError
 from kdsweep.selection import best_with_ties
 
-if TYPE_CHECKING:  # torch is imported where it is used: the sweeper imports this module for `finish_sweep`
+if TYPE_CHECKING:  # torch is imported where it is used: Hydra imports this module (the callback) in every run
     import torch
     from torch import nn
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,6 +20,7 @@ from importlib.metadata import version
 
 from conftest import REPO, read_metrics, run_cli
 from kdsweep import load_student
+from kdsweep.errors import DataError
 from kdsweep.export import export_student, main as export_main, tolerance
 from kdsweep.metrics import predict_logits
 from kdsweep.selection import best_with_ties
@@ -195,6 +197,24 @@ def test_a_users_own_student_class_round_trips(tmp_path, one_thread, monkeypatch
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("run/student.torchscript.pt: torchscript, ") and (run / "student.torchscript.pt").is_file()
+
+
+def test_a_student_of_your_own_data_file_and_a_changed_file(tmp_path, one_thread):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 5)).astype(np.float32)
+    y = x[:, :3].argmax(1)
+    np.savez(tmp_path / "mine.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    run_cli(tmp_path, "train.epochs=2", "train.num_threads=1", "model=mlp", "model.teacher.epochs=2",
+            "model.student.width=8", "data=arrays", "data.path=mine.npz")
+    run = tmp_path / "run"
+    manifest = read_manifest(run)
+    assert (manifest["input_shape"], manifest["num_classes"]) == ([5], 3) and manifest["data"]["fingerprint"]
+    assert recomputed_test_accuracy(run) == read_metrics(run)["results"]["test_acc"]
+    # The file's contents change: the student's test set is no longer the one its accuracy was measured on.
+    np.savez(tmp_path / "mine.npz", x_train=x[:100], y_train=y[:100], x_test=-x[100:], y_test=y[100:])
+    with pytest.raises(DataError, match=r"the data of .*mine\.npz changed since the student was trained: its contents "
+                                        r"hash to \w+, the student's manifest records \w+"):
+        recomputed_test_accuracy(run)
 
 
 def test_a_torn_or_foreign_file_is_refused_with_one_paragraph(run_dir, tmp_path):
