@@ -94,7 +94,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
                           "data.loader._target_=my_module.my_data.")
     for key, ok, allowed in (("seed", isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "an integer"),
                              ("baseline", isinstance(cfg.baseline, bool), "true or false"),
-                             ("cache_dir", isinstance(cfg.cache_dir, str) and cfg.cache_dir != "", "a folder path")):
+                             ("cache_dir", isinstance(cfg.cache_dir, str) and cfg.cache_dir != "", "a folder path"),
+                             ("keep_students", cfg.keep_students in ("all", "best", "none"), "all, best or none")):
         if not ok:
             raise ConfigError(f"{key} must be {allowed}, but got {key}={cfg[key]!r}.")
     loss = LossSettings(cfg.loss.name, cfg.loss.temperature, cfg.loss.alpha).checked()
@@ -132,6 +133,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
         device=resolve_device(train.device),
         make_data=make_data,
         pruning=pruning_from_hydra(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        keep_students=cfg.keep_students,
     )
 
 

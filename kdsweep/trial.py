@@ -32,6 +32,7 @@ from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
 from kdsweep.profiling import trial_size
+from kdsweep.student import keep_trial_student
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
 from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
 
@@ -65,6 +66,8 @@ class TrialSettings:
     device: torch.device
     make_data: Callable[[], Any] | None = None  # the user's data function, for data.source=function
     pruning: PruningSettings | None = None  # the Optuna trial to report to; None: train every epoch
+    config: dict[str, Any] | None = None  # the composed config, for the student's manifest (kdsweep.student)
+    keep_students: str = "all"  # keep_students: all, best or none (kdsweep.student)
 
     @property
     def student_schedule(self) -> dict[str, Any]:
@@ -356,6 +359,7 @@ def finish_trial(
         "timings": timings,
         "versions": dict(_versions()),
     }
+    keep_trial_student(settings, inputs, student, metrics, output_dir)  # before metrics.json: a finished trial has it
     cache.atomic_write(output_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), mode="w")
     gain = f", gain over the baseline {results['gain']:+.4f}" if "gain" in results else ""
     stopped = f"pruned after epoch {result.stopped_epoch}: " if result.stopped_epoch is not None else ""

@@ -28,7 +28,8 @@ from kdsweep.errors import ConfigError
 from hydra_plugins.kdsweep_sweeper._inputs import changed, select as _select, user_inputs
 
 # Keys that change where or how fast a trial runs, never its result.
-NEUTRAL_KEYS = ("cache_dir", "train.num_threads", "tracker")  # tracker: where trials are logged (a Hydra callback)
+# tracker: where trials are logged (a Hydra callback); keep_students: which trained students stay on disk.
+NEUTRAL_KEYS = ("cache_dir", "train.num_threads", "tracker", "keep_students")
 CONFIG_ATTR = "kdsweep_config"  # the identity's configuration, as a study user attribute
 SPACE_ATTR = "kdsweep_search_space"
 FILES_ATTR = "kdsweep_files"  # what the config names and its contents' hash (see _inputs.user_inputs)
