@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdsweep import preemption
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError
 from kdsweep.losses import LossParts
@@ -98,6 +99,9 @@ def fit(
         order = torch.randperm(n, generator=generator).to(train_x.device)
         step_losses = []  # detached, summed once per epoch: no per-step arithmetic or device sync
         for begin in range(0, n, batch_size):
+            if preemption.pending() is not None:  # SIGTERM or SIGUSR2: stop here, between two steps
+                raise preemption.interrupted(preemption.pending(), epoch, begin // batch_size + 1,
+                                             math.ceil(n / batch_size), description)
             idx = order[begin : begin + batch_size]
             x = train_x[idx]
             if max_shift:
