@@ -1,0 +1,219 @@
+"""Sweeps on a real single-node SLURM through hydra-submitit-launcher (hydra/launcher=slurm).
+
+`.ci/slurm` starts the cluster (munge, mariadb, slurmdbd, slurmctld, slurmd) and `.ci/run` sets
+KDSWEEP_TEST_SLURM=1; without a cluster these tests are skipped, saying why (with that variable set,
+a cluster that is not up is a failure). Every test runs the real CLI; the jobs are real SLURM jobs
+(one job array per batch), their state read back from SLURM's accounting (sacct). The tests take an
+exclusive lock so that, run side by side by pytest-xdist, they do not queue behind each other's jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import REPO, TINY
+
+pytestmark = pytest.mark.slow  # real SLURM jobs through the real CLI
+
+REQUIRED = os.environ.get("KDSWEEP_TEST_SLURM") == "1"
+
+
+def _slurm_down() -> str | None:
+    """Why no SLURM cluster can run these tests here, or None."""
+    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
+        return "no SLURM client here (sinfo, sacct); `.ci/slurm` installs and starts a single-node cluster"
+    state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if state.returncode != 0 or state.stdout.split()[:1] not in (["idle"], ["mix"], ["alloc"]):
+        return f"the SLURM cluster is not up (sinfo: {(state.stdout + state.stderr).strip()!r}); start it with `.ci/slurm`"
+    if subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True).returncode != 0:
+        return "SLURM has no accounting (sacct fails): a cancelled job's end would never be seen; use `.ci/slurm`"
+    return None
+
+
+@pytest.fixture
+def slurm() -> Iterator[None]:
+    why = _slurm_down()
+    if why is not None:
+        if REQUIRED:
+            pytest.fail(f"KDSWEEP_TEST_SLURM=1 but {why}")
+        pytest.skip(why)
+    with open("/tmp/kdsweep-test-slurm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one test's jobs at a time on the cluster's two CPUs
+        yield
+
+
+# Each trial trains its student for a few seconds: long enough to cancel it mid-training.
+SLOW = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=60"]
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5"]
+
+
+def command(tmp_path: Path, *overrides: str) -> list[str]:
+    """The sweep's command line; hydra.sweep.dir is kdsweep's default (outputs/multirun/STUDY)."""
+    return [sys.executable, "-m", "kdsweep.run", "-m", f"cache_dir={tmp_path / 'cache'}", *SLURM, *overrides]
+
+
+def run(tmp_path: Path, *overrides: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(command(tmp_path, *overrides), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def start(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    out = open(tmp_path / "sweep.out", "w")
+    return subprocess.Popen(command(tmp_path, *overrides), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def the_study(tmp_path: Path) -> optuna.Study:
+    url = f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(url)
+    return optuna.load_study(study_name=summary.study_name, storage=url)
+
+
+def trial_dir(tmp_path: Path, number: int) -> Path:
+    return tmp_path / "outputs" / "multirun" / the_study(tmp_path).study_name / str(number)
+
+
+def sacct(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's accounting: job id (12_0 for an array task) -> state."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", *(a for j in job_ids for a in ("-j", j))],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("|", 1) for line in out.splitlines() if line)
+
+
+def squeue(tmp_path: Path) -> dict[str, str]:
+    """This test's jobs still in the queue: id -> state (their working folder is tmp_path)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%Z"], capture_output=True, text=True, check=True).stdout
+    return {i: s for i, s, where in (line.split("|") for line in out.splitlines()) if Path(where) == tmp_path}
+
+
+def wait_for(what: str, condition, proc: subprocess.Popen | None = None, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {proc.returncode}) before {what}")
+        with contextlib.suppress(Exception):  # the study or folder may not exist yet
+            found = condition()
+            if found:
+                return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def training(tmp_path: Path, number: int) -> bool:
+    """Trial `number`'s job has started its trial (Hydra wrote its config), a moment ago."""
+    marker = trial_dir(tmp_path, number) / ".hydra" / "overrides.yaml"
+    return marker.exists() and time.time() - marker.stat().st_mtime > 2
+
+
+def job_of(tmp_path: Path, number: int) -> str:
+    """The SLURM job id of trial `number` (its trial folder's submitit log names it)."""
+    logs = tmp_path / "outputs" / "multirun" / the_study(tmp_path).study_name / ".submitit"
+    (job,) = {p.name for p in logs.iterdir()
+              if any(f"job_id_for_{number}'" in f.read_text(errors="replace") for f in p.glob("*_log.out"))}
+    return job
+
+
+def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_path, slurm):
+    proc = run(tmp_path, *TINY, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = the_study(tmp_path)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
+    multirun = tmp_path / "outputs" / "multirun"
+    # submitit's logs in the study's folder (they went to outputs/multirun/None/.submitit before)
+    assert sorted(p.name for p in multirun.iterdir()) == [study.study_name]
+    logs = multirun / study.study_name / ".submitit"
+    names = {p.name for p in logs.iterdir() if not p.name.startswith(".")}
+    tasks = {n for n in names if "_" in n}  # a 2-task array (its folder ARRAY, each task's ARRAY_I), then one job
+    (array,) = {t.split("_")[0] for t in tasks}
+    assert len(tasks) == 2 and len(names - tasks - {array}) == 1, names
+    assert set(sacct(sorted(names - {array})).values()) == {"COMPLETED"}
+    for t in study.get_trials():
+        assert Path(t.user_attrs["output_dir"]) == multirun / study.study_name / str(t.number)
+        assert (multirun / study.study_name / str(t.number) / "metrics.json").exists()
+
+    # The same command with a higher target resumes the study: one more job, one more trial.
+    proc = run(tmp_path, *TINY, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [t.state for t in the_study(tmp_path).get_trials()] == [TrialState.COMPLETE] * 4
+    assert len({p.name for p in logs.iterdir() if not p.name.startswith(".")} - names) == 1
+
+
+def test_a_cancelled_task_fails_its_own_trial_and_an_interrupted_sweep_cancels_its_jobs_and_resumes(tmp_path, slurm):
+    args = (*SLOW, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5")
+    proc = start(tmp_path, *args)
+    try:
+        # 1. Both tasks of the first array train; task 0 is cancelled, as `scancel` by a user or an admin.
+        wait_for("both trials training", lambda: training(tmp_path, 0) and training(tmp_path, 1), proc)
+        cancelled = job_of(tmp_path, 0)
+        subprocess.run(["scancel", cancelled], check=True)
+        wait_for("the cancelled trial to be FAIL", lambda: the_study(tmp_path).get_trials()[0].state == TrialState.FAIL, proc)
+        wait_for("the sibling to finish", lambda: the_study(tmp_path).get_trials()[1].state.is_finished(), proc)
+        trials = the_study(tmp_path).get_trials()
+        # only its own trial fails, with SLURM's state and where training stopped: at a batch, on SIGTERM
+        reason = trials[0].user_attrs["fail_reason"]
+        assert f"job {cancelled} ended CANCELLED by 0: training (" in reason and "stopped on SIGTERM before batch" in reason
+        assert trials[1].state == TrialState.COMPLETE and trials[1].value > 0  # the sibling is untouched
+        assert sacct([cancelled])[cancelled].startswith("CANCELLED")
+
+        # 2. The sweep goes on (1 failure <= max_failure_rate 0.5 x 3): a new array; then the sweeper
+        #    itself is interrupted (Ctrl-C): it cancels its jobs, waits for them, and exits 130.
+        wait_for("the next batch to train", lambda: training(tmp_path, 2) and training(tmp_path, 3), proc)
+        jobs = [job_of(tmp_path, 2), job_of(tmp_path, 3)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (tmp_path / "sweep.out").read_text()
+    assert "Run the same command again to resume" in out
+    assert squeue(tmp_path) == {}  # no job of the sweep outlives it
+    assert all(s.startswith("CANCELLED") for s in sacct(jobs).values()), sacct(jobs)
+    trials = the_study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted: ") for t in trials[2:])
+
+    # 3. The same command resumes: two more trials to reach 3 finished ones.
+    proc = run(tmp_path, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    states = [t.state for t in the_study(tmp_path).get_trials()]
+    assert states[:4] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert states[4:] == [TrialState.COMPLETE] * 2
+
+
+def test_a_trial_at_its_time_limit_stops_and_fails_with_the_reason(tmp_path, slurm):
+    # timeout_min=1 with the preset's signal_delay_s=30: SIGUSR2 half a minute in; the trial stops at the
+    # next batch, submitit (max_num_timeout=0) does not requeue it, and the trial fails saying so.
+    proc = run(tmp_path, *[o for o in TINY if not o.startswith("train.epochs")], "train.epochs=5000",
+               "hydra.launcher.timeout_min=1", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=0")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (trial,) = the_study(tmp_path).get_trials()
+    reason = trial.user_attrs["fail_reason"]
+    assert trial.state == TrialState.FAIL
+    assert "Job not requeued because: timed-out too many times." in reason, reason
+    assert "stopped on SIGUSR2 before batch" in reason, reason
+    assert "kdsweep: error: 1 trials of study" in proc.stderr
+
+
+def test_hydras_signal_delay_above_the_time_limit_is_refused(tmp_path):
+    # No cluster needed: refused before any job is submitted.
+    proc = subprocess.run([sys.executable, "-m", "kdsweep.run", "-m", f"cache_dir={tmp_path / 'cache'}",
+                           "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=2", *TINY],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1
+    assert ("kdsweep: error: hydra.launcher.signal_delay_s=120 is not below hydra.launcher.timeout_min=2 minutes "
+            "(120 s)") in proc.stderr
+    assert not (tmp_path / "outputs" / "multirun").exists() or not any((tmp_path / "outputs" / "multirun").rglob(".submitit"))
