@@ -21,15 +21,25 @@ stopped, the signal is handed on to whoever handled it before the trial:
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from kdsweep import cache
 from kdsweep.errors import KDSweepError
 
+log = logging.getLogger("kdsweep")
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+STATE_FILE = "training_state.pt"  # in the trial's folder, while its student's training is interrupted
 _requested: list[int] = []  # the signals received while stop_on_signals is active, in order
+_resumable: list[tuple[Path, str]] = []  # (state file, key) of the training that may save and resume
 
 
 class TrainingInterrupted(KDSweepError):
@@ -48,12 +58,13 @@ def pending() -> int | None:
     return _requested[0] if _requested else None
 
 
-def interrupted(signum: int, epoch: int, batch: int, n_batches: int, description: str) -> TrainingInterrupted:
+def interrupted(signum: int, epoch: int, batch: int, n_batches: int, description: str,
+                note: str = "") -> TrainingInterrupted:
     """The error `fit` raises at a batch boundary once a stop signal has arrived (batch counts from 1)."""
     name = signal.Signals(signum).name
     return TrainingInterrupted(
         f"training ({description}) stopped on {name} before batch {batch} of {n_batches} of epoch {epoch} "
-        "(the scheduler cancelled or preempted the job, or its time limit is near).", signum)
+        f"(the scheduler cancelled or preempted the job, or its time limit is near).{note}", signum)
 
 
 def _record(signum: int, frame: Any) -> None:
@@ -81,3 +92,62 @@ def stop_on_signals() -> Iterator[None]:
         for s in dict.fromkeys(received):  # each signal once, in the order they came
             if callable(previous[s]):
                 previous[s](s, None)
+
+
+# --------------------------------------------------------------------------- the student's training state
+
+
+def state_key(settings: Any) -> str:
+    """What a saved training state was made for: every value that determines the student's training
+    (data, loss, schedule, networks, optimizer, seed, teacher, the Optuna trial). A state saved for
+    anything else is never resumed. `settings`: a kdsweep.trial.TrialSettings."""
+    pruning = settings.pruning
+    return cache.spec_key({
+        "data": settings.data, "loss": asdict(settings.loss), "train": asdict(settings.train),
+        "teacher": asdict(settings.teacher), "teacher_arch": settings.teacher_arch,
+        "student_arch": settings.student_arch, "optimizer": settings.optimizer, "seed": settings.seed,
+        "trial": None if pruning is None else [pruning.study_name, pruning.trial_number],
+    })
+
+
+@contextlib.contextmanager
+def resumable(folder: Path, key: str) -> Iterator[None]:
+    """Within: `fit` saves its state to folder/STATE_FILE when a stop signal stops it, and starts from
+    a state saved there for the same `key` (a job requeued by submitit runs in the same folder). The
+    file is removed once training has finished."""
+    _resumable.append((folder / STATE_FILE, key))
+    try:
+        yield
+    finally:
+        _resumable.pop()
+    (folder / STATE_FILE).unlink(missing_ok=True)  # reached only when training ended without an error
+
+
+def save(state: Callable[[], dict[str, Any]]) -> str:
+    """Save `state()` (tensors, numbers, lists, dicts) where `resumable` says; returns a note for the
+    error message ("" when no training state is kept)."""
+    if not _resumable:
+        return ""
+    path, key = _resumable[-1]
+    cache.atomic_write(path, lambda f: torch.save({"key": key, **state()}, f))
+    return f" Its training state is saved in {path}; a requeued job resumes from it."
+
+
+def saved() -> dict[str, Any] | None:
+    """The state an interrupted run of this same training saved, or None (none, or made for another)."""
+    if not _resumable:
+        return None
+    path, key = _resumable[-1]
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  a truncated or foreign file: train from the start
+        log.warning("%s cannot be read (%s): training starts from the beginning", path, e)
+        return None
+    if state.get("key") != key:
+        log.warning("%s was saved for another trial configuration: training starts from the beginning", path)
+        return None
+    log.info("resuming the interrupted training from %s: epoch %d, batch %d", path, state["epoch"],
+             state["begin"] // state["batch_size"] + 1)
+    return state

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from conftest import REPO, TINY
@@ -82,8 +83,14 @@ def the_study(tmp_path: Path) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=url)
 
 
+def study_dir(tmp_path: Path) -> Path:
+    # Found by its folder, not through Optuna: opening the storage before the sweep has made it would race it.
+    (folder,) = (tmp_path / "outputs" / "multirun").iterdir()
+    return folder
+
+
 def trial_dir(tmp_path: Path, number: int) -> Path:
-    return tmp_path / "outputs" / "multirun" / the_study(tmp_path).study_name / str(number)
+    return study_dir(tmp_path) / str(number)
 
 
 def sacct(job_ids: list[str]) -> dict[str, str]:
@@ -119,11 +126,8 @@ def training(tmp_path: Path, number: int) -> bool:
 
 
 def job_of(tmp_path: Path, number: int) -> str:
-    """The SLURM job id of trial `number` (its trial folder's submitit log names it)."""
-    logs = tmp_path / "outputs" / "multirun" / the_study(tmp_path).study_name / ".submitit"
-    (job,) = {p.name for p in logs.iterdir()
-              if any(f"job_id_for_{number}'" in f.read_text(errors="replace") for f in p.glob("*_log.out"))}
-    return job
+    """The SLURM job id of trial `number`, as its job recorded it in the trial's .hydra/hydra.yaml."""
+    return str(OmegaConf.load(trial_dir(tmp_path, number) / ".hydra" / "hydra.yaml").hydra.job.id)
 
 
 def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_path, slurm):
