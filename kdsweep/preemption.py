@@ -29,13 +29,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from kdsweep import cache
 from kdsweep.errors import KDSweepError
 
 log = logging.getLogger("kdsweep")
 
+# torch is imported only where a state is saved or read: stop_on_signals is entered before anything
+# heavy is imported, so that a signal during a trial's first seconds is honoured too.
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 STATE_FILE = "training_state.pt"  # in the trial's folder, while its student's training is interrupted
 _requested: list[int] = []  # the signals received while stop_on_signals is active, in order
@@ -101,6 +100,8 @@ def state_key(settings: Any) -> str:
     """What a saved training state was made for: every value that determines the student's training
     (data, loss, schedule, networks, optimizer, seed, teacher, the Optuna trial). A state saved for
     anything else is never resumed. `settings`: a kdsweep.trial.TrialSettings."""
+    from kdsweep import cache
+
     pruning = settings.pruning
     return cache.spec_key({
         "data": settings.data, "loss": asdict(settings.loss), "train": asdict(settings.train),
@@ -128,9 +129,13 @@ def save(state: Callable[[], dict[str, Any]]) -> str:
     error message ("" when no training state is kept)."""
     if not _resumable:
         return ""
+    import torch
+
+    from kdsweep import cache
+
     path, key = _resumable[-1]
     cache.atomic_write(path, lambda f: torch.save({"key": key, **state()}, f))
-    return f" Its training state is saved in {path}; a requeued job resumes from it."
+    return f" Its training state is saved in {path}: a job requeued in that folder resumes from it."
 
 
 def saved() -> dict[str, Any] | None:
@@ -140,6 +145,8 @@ def saved() -> dict[str, Any] | None:
     path, key = _resumable[-1]
     if not path.exists():
         return None
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  a truncated or foreign file: train from the start

@@ -120,9 +120,10 @@ def wait_for(what: str, condition, proc: subprocess.Popen | None = None, timeout
 
 
 def training(tmp_path: Path, number: int) -> bool:
-    """Trial `number`'s job has started its trial (Hydra wrote its config), a moment ago."""
-    marker = trial_dir(tmp_path, number) / ".hydra" / "overrides.yaml"
-    return marker.exists() and time.time() - marker.stat().st_mtime > 2
+    """Trial `number`'s student is training: it has reported an epoch to its Optuna trial (with a pruner)."""
+    if not (trial_dir(tmp_path, number) / ".hydra").exists():  # the job has started (and the study exists)
+        return False
+    return len(the_study(tmp_path).get_trials(deepcopy=False)[number].intermediate_values) > 0
 
 
 def job_of(tmp_path: Path, number: int) -> str:
@@ -156,7 +157,10 @@ def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_pat
 
 
 def test_a_cancelled_task_fails_its_own_trial_and_an_interrupted_sweep_cancels_its_jobs_and_resumes(tmp_path, slurm):
-    args = (*SLOW, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5")
+    # With a pruner the jobs report each epoch to their Optuna trials (which also shows they are training);
+    # the median pruner prunes nothing before 5 finished trials.
+    args = (*SLOW, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5",
+            "hydra/sweeper/pruner=median")
     proc = start(tmp_path, *args)
     try:
         # 1. Both tasks of the first array train; task 0 is cancelled, as `scancel` by a user or an admin.

@@ -25,6 +25,7 @@ logs went to `outputs/multirun/None/.submitit`; it is resolved again here. It al
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -132,19 +133,30 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
 
 def cancel(jobs: list[Any]) -> None:
-    """Cancel the jobs and wait (at most CANCEL_WAIT_S) until they have ended."""
+    """Cancel the jobs and wait (at most CANCEL_WAIT_S) until their processes have ended."""
     if not jobs:
         return
     log.warning("Cancelling job(s) %s of the interrupted sweep", ", ".join(j.job_id for j in jobs))
     for job in jobs:
         job.cancel(check=False)
+    slurm = getattr(jobs[0], "watcher", None) is not None
     deadline = time.monotonic() + CANCEL_WAIT_S
     while jobs and time.monotonic() < deadline:
         time.sleep(POLL_S)
-        jobs = [j for j in jobs if not _ended(j)]
+        # sacct says CANCELLED at once; squeue lists a job until its processes have ended
+        jobs = [j for j in jobs if j.job_id in queued(jobs)] if slurm else [j for j in jobs if not _ended(j)]
     if jobs:
         log.warning("Job(s) %s still running %.0f s after cancelling; SLURM kills them after its KillWait",
                     ", ".join(j.job_id for j in jobs), CANCEL_WAIT_S)
+
+
+def queued(jobs: list[Any]) -> set[str]:
+    """Those of the SLURM jobs that squeue still lists (running, or completing: processes not yet ended)."""
+    if not jobs or getattr(jobs[0], "watcher", None) is None:  # local jobs: _ended asks their processes
+        return set()
+    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(j.job_id for j in jobs)],
+                         capture_output=True, text=True)
+    return set(out.stdout.split()) & {j.job_id for j in jobs} if out.returncode == 0 else set()
 
 
 def _state(job: Any) -> str:
