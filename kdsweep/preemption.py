@@ -82,15 +82,24 @@ def stop_on_signals() -> Iterator[None]:
         return
     previous = {s: signal.signal(s, _record) for s in SIGNALS}
     _requested.clear()
+    stopped: TrainingInterrupted | None = None
     try:
         yield
+    except TrainingInterrupted as e:
+        stopped = e
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         received, _requested[:] = list(_requested), []
         for s in dict.fromkeys(received):  # each signal once, in the order they came
             if callable(previous[s]):
-                previous[s](s, None)
+                try:
+                    previous[s](s, None)
+                except Exception as e:  # e.g. submitit's "Job not requeued because: ...": both messages, in one
+                    if stopped is None:  # error that crosses a process boundary intact (a pickled one loses its cause)
+                        raise
+                    raise TrainingInterrupted(f"{e} {stopped}", stopped.signum) from e
 
 
 # --------------------------------------------------------------------------- the student's training state

@@ -92,3 +92,20 @@ def test_a_signal_is_handed_to_the_previous_handler_once_training_has_stopped(tm
         assert received == [signal.SIGTERM]  # e.g. a sweeper's handler: it then stops the sweep
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_error_of_the_previous_handler_keeps_where_training_stopped(tmp_path, data):
+    # submitit's SIGUSR2 handler raises "Job not requeued because: ..." when it cannot requeue: the
+    # trial's error holds both messages (a pickled exception's cause would be lost on its way back).
+    def submitit_like(signum, frame):
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        with pytest.raises(preemption.TrainingInterrupted) as stopped:
+            with preemption.stop_on_signals():
+                train(data, signal_at_step=2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert str(stopped.value).startswith("Job not requeued because: timed-out too many times. training (train) "
+                                         "stopped on SIGUSR2 before batch 4 of ")

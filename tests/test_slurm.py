@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -225,3 +226,63 @@ def test_hydras_signal_delay_above_the_time_limit_is_refused(tmp_path):
     assert ("kdsweep: error: hydra.launcher.signal_delay_s=120 is not below hydra.launcher.timeout_min=2 minutes "
             "(120 s)") in proc.stderr
     assert not (tmp_path / "outputs" / "multirun").exists() or not any((tmp_path / "outputs" / "multirun").rglob(".submitit"))
+
+
+def test_a_preempted_trial_is_requeued_and_resumes_from_its_saved_state(tmp_path, slurm):
+    # SIGUSR2 is what SLURM sends before it preempts or times out a job (`scancel --signal=USR2` here). The
+    # trial stops at the next batch and saves its state; submitit (max_num_timeout=1) requeues the job;
+    # the requeued job resumes from the state: the same numbers as a trial that was never interrupted.
+    args = (*SLOW, "hydra.sweeper.n_trials=1", "hydra.launcher.max_num_timeout=1", "hydra/sweeper/pruner=median")
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    proc = start(interrupted, *args)
+    try:
+        wait_for("the trial to train", lambda: training(interrupted, 0), proc)
+        job = job_of(interrupted, 0)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        assert proc.wait(timeout=300) == 0, (interrupted / "sweep.out").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (trial,) = the_study(interrupted).get_trials()
+    assert trial.state == TrialState.COMPLETE
+    folder = trial_dir(interrupted, 0)
+    log = (folder / "run.log").read_text()
+    assert "resuming the interrupted training from" in log and str(folder / "training_state.pt") in log
+    assert not (folder / "training_state.pt").exists()
+    submitit_log = "".join(p.read_text() for p in (study_dir(interrupted) / ".submitit" / job).glob("*_log.*"))
+    assert f"Requeued job {job} (0 remaining timeouts)" in submitit_log
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    proc = run(plain, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (same,) = the_study(plain).get_trials()
+    assert same.params == trial.params  # the seeded sampler's first point
+    resumed, whole = (json.loads((trial_dir(d, 0) / "metrics.json").read_text()) for d in (interrupted, plain))
+    # Same operations in the same order on the same CPU: equal bit for bit, every epoch.
+    assert resumed["history"] == whole["history"]
+    assert resumed["results"]["test_acc"] == whole["results"]["test_acc"]
+
+
+def test_fire_and_forget_workers_as_a_job_array_fill_the_study_exactly(tmp_path, slurm):
+    # The README's recipe: 3 independent workers (one job array) on one journal-file study of 4 trials.
+    script = REPO / "examples" / "slurm" / "workers.sbatch"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-2", f"--chdir={tmp_path}", str(script), *TINY,
+         "hydra.sweeper.n_trials=4", f"cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)})
+    array = submitted.stdout.strip().split(";")[0]
+    wait_for("the workers to finish", lambda: squeue(tmp_path) == {}, timeout=400)
+    states = sacct([array])
+    assert states == {f"{array}_{i}": "COMPLETED" for i in range(3)}, states
+    url = "journal:///outputs/optuna.journal"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "outputs" / "optuna.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, url  # exactly n_trials, none over
+    workers = {t.user_attrs["kdsweep_worker"]["pid"] for t in trials}
+    assert len(workers) >= 2  # the trials were shared out
+    assert sorted(p.name for p in study_dir(tmp_path).iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]

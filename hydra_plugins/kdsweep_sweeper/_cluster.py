@@ -197,11 +197,9 @@ def job_return(launcher: Any, job: Any, overrides: Sequence[str], number: int) -
         return failed(launcher, overrides, number, JobEnded(
             f"job {job.job_id} ended {final_state(job)} without a trial result{why}. Its logs: {job.paths.stdout}"))
     error = ret._return_value if ret.status == JobStatus.FAILED else None  # noqa: SLF001
-    stopped = [e for e in (error, getattr(error, "__context__", None)) if isinstance(e, TrainingInterrupted)]
-    if stopped or isinstance(error, UncompletedJobError):
-        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        also = f" ({stopped[0]})" if stopped and stopped[0] is not error else ""
-        ret.return_value = JobEnded(f"job {job.job_id} ended {final_state(job)}: {said}{also}")
+    if isinstance(error, (TrainingInterrupted, UncompletedJobError)):
+        said = " ".join(str(error).split()) or type(error).__name__
+        ret.return_value = JobEnded(f"job {job.job_id} ended {final_state(job)}: {said}")
     return ret
 
 
