@@ -42,6 +42,7 @@ POLL_S = 1.0  # how often unfinished jobs are looked at (a result file, or SLURM
 ASK_SLURM_S = 5.0  # how often SLURM's accounting (sacct) is asked whether a job without a result has ended
 CANCEL_WAIT_S = 20.0  # after cancelling: below SLURM's KillWait (30 s), which ends with SIGKILL anyway
 STATE_WAIT_S = 30.0  # a job that wrote its result is still RUNNING or COMPLETING for a moment
+SIGNAL_RESOLUTION_S = 60  # sbatch --signal: "may be sent up to 60 seconds earlier than specified"
 UNFINISHED = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "UNKNOWN", "READY")
 
 
@@ -57,19 +58,20 @@ def prepare(launcher: Any, config: DictConfig) -> None:
     """Resolve the launcher's `submitit_folder` again now that the study is named; check its timing.
 
     Raises:
-        ConfigError: hydra.launcher.signal_delay_s not below hydra.launcher.timeout_min (in seconds).
+        ConfigError: hydra.launcher.signal_delay_s that leaves a job less than SIGNAL_RESOLUTION_S.
     """
     if not is_submitit(launcher):
         return
     node = config.hydra.launcher
     launcher.params["submitit_folder"] = str(node.submitit_folder)
     delay, limit = node.get("signal_delay_s"), node.get("timeout_min")
-    if delay is not None and limit is not None and delay >= 60 * limit:
+    if delay is not None and limit is not None and 60 * limit - delay < SIGNAL_RESOLUTION_S:
         raise ConfigError(
-            f"hydra.launcher.signal_delay_s={delay} is not below hydra.launcher.timeout_min={limit} minutes "
-            f"({60 * limit} s): SLURM would send each job its timeout warning (SIGUSR2) as soon as it starts, "
-            "and submitit ends a job on that warning. Set hydra.launcher.signal_delay_s to a few batches' "
-            "time below the limit (kdsweep's preset hydra/launcher=slurm sets 30), or raise timeout_min."
+            f"hydra.launcher.signal_delay_s={delay} leaves less than a minute of hydra.launcher.timeout_min={limit} "
+            f"minutes ({60 * limit} s): SLURM sends the timeout warning (SIGUSR2) signal_delay_s before the limit, "
+            "or up to 60 s earlier (the resolution of its event handling), so a job could get it as soon as it "
+            "starts, and submitit ends a job on that warning. Keep signal_delay_s at most timeout_min x 60 - 60 "
+            "(kdsweep's preset hydra/launcher=slurm sets 30 s, which needs timeout_min >= 2)."
         )
 
 
