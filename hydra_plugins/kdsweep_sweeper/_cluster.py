@@ -54,6 +54,12 @@ def is_submitit(launcher: Any) -> bool:
     return type(launcher).__module__.startswith("hydra_plugins.hydra_submitit_launcher")
 
 
+def is_slurm(job: Any) -> bool:
+    from submitit.slurm.slurm import SlurmJob
+
+    return isinstance(job, SlurmJob)
+
+
 def prepare(launcher: Any, config: DictConfig) -> None:
     """Resolve the launcher's `submitit_folder` again now that the study is named; check its timing.
 
@@ -119,7 +125,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     last_asked = time.monotonic()
     try:
         while waiting:
-            watcher = getattr(jobs[0], "watcher", None)
+            watcher = jobs[0].watcher if is_slurm(jobs[0]) else None
             if watcher is not None and time.monotonic() - last_asked > ASK_SLURM_S:
                 watcher.update()  # submitit asks ever more rarely (up to every 10 min): ask at our pace
                 last_asked = time.monotonic()
@@ -141,7 +147,7 @@ def cancel(jobs: list[Any]) -> None:
     log.warning("Cancelling job(s) %s of the interrupted sweep", ", ".join(j.job_id for j in jobs))
     for job in jobs:
         job.cancel(check=False)
-    slurm = getattr(jobs[0], "watcher", None) is not None
+    slurm = is_slurm(jobs[0])
     deadline = time.monotonic() + CANCEL_WAIT_S
     while jobs and time.monotonic() < deadline:
         time.sleep(POLL_S)
@@ -154,7 +160,7 @@ def cancel(jobs: list[Any]) -> None:
 
 def queued(jobs: list[Any]) -> set[str]:
     """Those of the SLURM jobs that squeue still lists (running, or completing: processes not yet ended)."""
-    if not jobs or getattr(jobs[0], "watcher", None) is None:  # local jobs: _ended asks their processes
+    if not jobs or not is_slurm(jobs[0]):  # local jobs: _ended asks their processes
         return set()
     out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(j.job_id for j in jobs)],
                          capture_output=True, text=True)
@@ -163,10 +169,9 @@ def queued(jobs: list[Any]) -> set[str]:
 
 def _state(job: Any) -> str:
     """SLURM's state of the job now, e.g. RUNNING, COMPLETED, CANCELLED by 0, TIMEOUT (asked afresh)."""
-    watcher = getattr(job, "watcher", None)
-    if watcher is None:  # a local job: its own process
+    if not is_slurm(job):  # a local job: its own process
         return str(job.state)
-    return str(watcher.get_state(job.job_id, mode="force"))
+    return str(job.watcher.get_state(job.job_id, mode="force"))
 
 
 def _ended(job: Any) -> bool:
