@@ -3,8 +3,8 @@
 `.ci/slurm` starts the cluster (munge, mariadb, slurmdbd, slurmctld, slurmd) and `.ci/run` sets
 KDSWEEP_TEST_SLURM=1; without a cluster these tests are skipped, saying why (with that variable set,
 a cluster that is not up is a failure). Every test runs the real CLI; the jobs are real SLURM jobs
-(one job array per batch), their state read back from SLURM's accounting (sacct). The tests take an
-exclusive lock so that, run side by side by pytest-xdist, they do not queue behind each other's jobs.
+(one job array per batch), their state read back from SLURM's accounting (sacct). The tests take a
+lock: the test that needs both of the cluster's CPUs at once takes it alone, the others share it.
 """
 
 from __future__ import annotations
@@ -45,15 +45,29 @@ def _slurm_down() -> str | None:
     return None
 
 
-@pytest.fixture
-def slurm() -> Iterator[None]:
+@contextlib.contextmanager
+def cluster(exclusive: bool) -> Iterator[None]:
     why = _slurm_down()
     if why is not None:
         if REQUIRED:
             pytest.fail(f"KDSWEEP_TEST_SLURM=1 but {why}")
         pytest.skip(why)
     with open("/tmp/kdsweep-test-slurm.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one test's jobs at a time on the cluster's two CPUs
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+@pytest.fixture
+def slurm() -> Iterator[None]:
+    """The cluster, shared with other tests (their jobs may queue behind each other's)."""
+    with cluster(exclusive=False):
+        yield
+
+
+@pytest.fixture
+def slurm_alone() -> Iterator[None]:
+    """The cluster's two CPUs for this test alone: its two jobs must train at the same time."""
+    with cluster(exclusive=True):
         yield
 
 
@@ -157,7 +171,7 @@ def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_pat
     assert len({p.name for p in logs.iterdir() if not p.name.startswith(".")} - names) == 1
 
 
-def test_a_cancelled_task_fails_its_own_trial_and_an_interrupted_sweep_cancels_its_jobs_and_resumes(tmp_path, slurm):
+def test_a_cancelled_task_fails_its_own_trial_and_an_interrupted_sweep_cancels_its_jobs_and_resumes(tmp_path, slurm_alone):
     # With a pruner the jobs report each epoch to their Optuna trials (which also shows they are training);
     # the median pruner prunes nothing before 5 finished trials.
     args = (*SLOW, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5",
