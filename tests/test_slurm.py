@@ -171,7 +171,7 @@ def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_pat
     assert len({p.name for p in logs.iterdir() if not p.name.startswith(".")} - names) == 1
 
 
-def test_a_cancelled_task_fails_its_own_trial_and_an_interrupted_sweep_cancels_its_jobs_and_resumes(tmp_path, slurm_alone):
+def test_cancelled_and_crashed_tasks_fail_their_own_trials_and_an_interrupted_sweep_cancels_its_jobs(tmp_path, slurm_alone):
     # With a pruner the jobs report each epoch to their Optuna trials (which also shows they are training);
     # the median pruner prunes nothing before 5 finished trials.
     args = (*SLOW, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5",
@@ -208,12 +208,35 @@ def test_a_cancelled_task_fails_its_own_trial_and_an_interrupted_sweep_cancels_i
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
     assert all(t.user_attrs["fail_reason"].startswith("interrupted: ") for t in trials[2:])
 
-    # 3. The same command resumes: two more trials to reach 3 finished ones.
-    proc = run(tmp_path, *args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    states = [t.state for t in the_study(tmp_path).get_trials()]
-    assert states[:4] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
-    assert states[4:] == [TrialState.COMPLETE] * 2
+    # 3. The same command resumes: two more trials (4, 5) to reach 3 finished ones. Trial 4's process
+    #    crashes (kill -9): only trial 4 fails, with SLURM's state; trial 5 and a replacement, 6, complete.
+    proc = start(tmp_path, *args)
+    try:
+        wait_for("the resumed batch to train", lambda: training(tmp_path, 4) and training(tmp_path, 5), proc)
+        crashed = job_of(tmp_path, 4)
+        kill_trial(crashed)
+        assert proc.wait(timeout=300) == 0, (tmp_path / "sweep.out").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    trials = the_study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    reason = trials[4].user_attrs["fail_reason"]
+    assert reason.startswith(f"job {crashed} ended FAILED without a trial result"), reason
+    assert sacct([crashed]) == {crashed: "FAILED"}
+
+
+def kill_trial(job: str) -> None:
+    """kill -9 the trial's process in SLURM job `job` (a crash: no result, no clean exit)."""
+    raw = subprocess.run(["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True, check=True).stdout
+    pids = subprocess.run(["scontrol", "listpids", raw.strip()], capture_output=True, text=True, check=True).stdout
+    for pid in (line.split()[0] for line in pids.splitlines()[1:]):
+        with contextlib.suppress(OSError):
+            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+                return
+    raise AssertionError(f"no trial process found in job {job}: {pids}")
 
 
 def test_a_trial_at_its_time_limit_stops_and_fails_with_the_reason(tmp_path, slurm):

@@ -199,7 +199,8 @@ def job_return(launcher: Any, job: Any, overrides: Sequence[str], number: int) -
         ret = job.results()[0]
     except Exception as e:  # no result file: cancelled while pending, killed, node failure
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        stderr = [line for line in lines[2:] if not set(line) <= {"-"}][-3:]
+        # submitit's message: the job and path, "has not produced any output (state: ...)", a header, the log
+        stderr = [line for line in lines[3:] if not set(line) <= {"-"}][-3:]
         why = f"; its last output: {' | '.join(stderr)}" if stderr else ""
         return failed(launcher, overrides, number, JobEnded(
             f"job {job.job_id} ended {final_state(job)} without a trial result{why}. Its logs: {job.paths.stdout}"))
