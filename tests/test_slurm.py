@@ -71,8 +71,15 @@ def slurm_alone() -> Iterator[None]:
         yield
 
 
-# Each trial trains its student for a few seconds: long enough to cancel it mid-training.
-SLOW = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=60"]
+NO_EPOCHS = [o for o in TINY if not o.startswith("train.epochs")]
+# A trial of a few seconds (on an idle 2-core VM; ten times that under load), to preempt while it trains.
+SLOW = [*NO_EPOCHS, "train.epochs=600"]
+# Trials that finish at once (3 epochs) or train until they are stopped (LONG epochs), whichever machine:
+# the seeded sampler draws train.epochs per trial number, the same on every run. Seed 22 gives trials 0-6
+# LONG, 3, LONG, LONG, LONG, 3, 3 (found by trying seeds with the sweeper's own sampler_factory).
+LONG = 1_000_000
+LONG_OR_SHORT = [*NO_EPOCHS, f"train.epochs=choice(3,{LONG})", "hydra.sweeper.sampler.seed=22"]
+PATTERN = [LONG, 3, LONG, LONG, LONG, 3, 3]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=5"]
 
 
@@ -174,12 +181,14 @@ def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_pat
 def test_cancelled_and_crashed_tasks_fail_their_own_trials_and_an_interrupted_sweep_cancels_its_jobs(tmp_path, slurm_alone):
     # With a pruner the jobs report each epoch to their Optuna trials (which also shows they are training);
     # the median pruner prunes nothing before 5 finished trials.
-    args = (*SLOW, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5",
+    args = (*LONG_OR_SHORT, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.5",
             "hydra/sweeper/pruner=median")
     proc = start(tmp_path, *args)
     try:
         # 1. Both tasks of the first array train; task 0 is cancelled, as `scancel` by a user or an admin.
         wait_for("both trials training", lambda: training(tmp_path, 0) and training(tmp_path, 1), proc)
+        assert [t.params["train.epochs"] for t in the_study(tmp_path).get_trials()[:2]] == PATTERN[:2], \
+            "the seeded sampler draws other epochs than this test expects: find another seed (see LONG_OR_SHORT)"
         cancelled = job_of(tmp_path, 0)
         subprocess.run(["scancel", cancelled], check=True)
         wait_for("the cancelled trial to be FAIL", lambda: the_study(tmp_path).get_trials()[0].state == TrialState.FAIL, proc)
@@ -222,6 +231,7 @@ def test_cancelled_and_crashed_tasks_fail_their_own_trials_and_an_interrupted_sw
     trials = the_study(tmp_path).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
                                          TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.params["train.epochs"] for t in trials] == PATTERN
     reason = trials[4].user_attrs["fail_reason"]
     assert reason.startswith(f"job {crashed} ended FAILED without a trial result"), reason
     assert sacct([crashed]) == {crashed: "FAILED"}
@@ -233,7 +243,8 @@ def kill_trial(job: str) -> None:
     pids = subprocess.run(["scontrol", "listpids", raw.strip()], capture_output=True, text=True, check=True).stdout
     for pid in (line.split()[0] for line in pids.splitlines()[1:]):
         with contextlib.suppress(OSError):
-            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0] == sys.executable.encode() and b"submitit.core._submit" in argv:  # not srun's
                 os.kill(int(pid), signal.SIGKILL)
                 return
     raise AssertionError(f"no trial process found in job {job}: {pids}")
@@ -243,7 +254,7 @@ def test_a_trial_at_its_time_limit_stops_and_fails_with_the_reason(tmp_path, slu
     # timeout_min=2 with the preset's signal_delay_s=30: SIGUSR2 30 to 90 s in (SLURM may send it up to 60 s
     # early); the trial stops at the next batch, submitit (max_num_timeout=0) does not requeue it, and the
     # trial fails saying so.
-    proc = run(tmp_path, *[o for o in TINY if not o.startswith("train.epochs")], "train.epochs=5000",
+    proc = run(tmp_path, *NO_EPOCHS, f"train.epochs={LONG}",
                "hydra.launcher.timeout_min=2", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=0")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (trial,) = the_study(tmp_path).get_trials()
