@@ -140,9 +140,11 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """One trial from a composed config; returns the best val accuracy to the sweeper."""
+    from kdsweep.preemption import stop_on_signals
     from kdsweep.trial import run_trial
 
-    return run_trial(settings_from_config(cfg), output_dir)
+    with stop_on_signals():  # SIGTERM, SIGUSR2: stop at the next batch (kdsweep.preemption)
+        return run_trial(settings_from_config(cfg), output_dir)
 
 
 def _unwritable(folder: Path) -> str | None:

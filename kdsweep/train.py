@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdsweep import preemption
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError
 from kdsweep.losses import LossParts
@@ -93,11 +94,29 @@ def fit(
     start = time.perf_counter()
     n = len(train_x)
     best = FitResult()
-    for epoch in tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False):
+    first_epoch, resume = 1, preemption.saved()  # a requeued job: on from the batch where training stopped
+    if resume is not None:
+        first_epoch, best = resume["epoch"], FitResult(**resume["best"])
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+    for epoch in tqdm(range(first_epoch, epochs + 1), desc=description, disable=not progress, leave=False):
         model.train()
-        order = torch.randperm(n, generator=generator).to(train_x.device)
-        step_losses = []  # detached, summed once per epoch: no per-step arithmetic or device sync
-        for begin in range(0, n, batch_size):
+        if resume is not None and epoch == first_epoch:  # the interrupted epoch's order, and its losses so far
+            order, first = resume["order"].to(train_x.device), resume["begin"]
+            step_losses = [t.to(train_x.device) for t in resume["step_losses"]]
+        else:
+            order, first = torch.randperm(n, generator=generator).to(train_x.device), 0
+            step_losses = []  # detached, summed once per epoch: no per-step arithmetic or device sync
+        for begin in range(first, n, batch_size):
+            if preemption.pending() is not None:  # SIGTERM or SIGUSR2: stop here, between two steps
+                note = preemption.save(lambda: {
+                    "epoch": epoch, "begin": begin, "batch_size": batch_size, "order": order,
+                    "step_losses": step_losses, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "best": {**asdict(best), "seconds": best.seconds + time.perf_counter() - start}})
+                raise preemption.interrupted(preemption.pending(), epoch, begin // batch_size + 1,
+                                             math.ceil(n / batch_size), description, note)
             idx = order[begin : begin + batch_size]
             x = train_x[idx]
             if max_shift:
@@ -117,5 +136,5 @@ def fit(
         if should_stop is not None and epoch % report_every == 0 and should_stop(epoch, val_acc):
             best.stopped_epoch = epoch
             break
-    best.seconds = time.perf_counter() - start
+    best.seconds += time.perf_counter() - start  # a resumed training's earlier seconds included
     return best

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kdsweep import cache
+from kdsweep import cache, preemption
 from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
 from kdsweep.data import Dataset
 from kdsweep.errors import ConfigError, DataError, TrialPruned
@@ -400,7 +400,8 @@ def run_trial(settings: TrialSettings, output_dir: Path) -> float:
         should_stop = should_stop_for(settings.pruning)
     inputs = trial_inputs(settings)
     student = new_student(settings, inputs.data)
-    result = fit_student(settings, inputs, student, should_stop)
+    with preemption.resumable(output_dir, preemption.state_key(settings)):  # a requeued job resumes there
+        result = fit_student(settings, inputs, student, should_stop)
     finish_trial(settings, inputs, student, result, output_dir)
     if result.stopped_epoch is not None:
         raise pruned(settings, result)

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _callbacks, _folders, _grid, _identity, _objectives, _options, _pruning
+from hydra_plugins.kdsweep_sweeper import _callbacks, _cluster, _folders, _grid, _identity, _objectives, _options, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
 from hydra_plugins.kdsweep_sweeper._grid import Grid
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
@@ -292,6 +292,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     # Every job composes its config with it, so hydra.sweep.dir=.../${hydra.sweeper.study_name} (the
     # default) is the study's own folder in every trial and every worker.
     set_hydra_override(config, "hydra.sweeper.study_name", name)
+    _cluster.prepare(launcher, config)  # submitit's log folder named after the study, and its timing checked
     where = storage_url(opts.storage, str(config.hydra.runtime.cwd))
     study = open_study(where, name, opts, ident)
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -349,11 +350,13 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                         job.append(f"train.num_threads={threads}")
                     job.append(_pruning.trial_override(trial.number))
                     jobs.append(job)
-                returns = launcher.launch(jobs, initial_job_idx=trials[0].number)
-                for trial, ret in zip(trials, returns):
-                    tell(study, trial, ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)), opts.objectives)
-                    told.add(trial.number)
-                    stopped = _callbacks.call(callbacks, study, trial) or stopped
+                def tell_job(i: int, ret: Any) -> None:  # as each job ends, whatever its siblings do (_cluster)
+                    nonlocal stopped
+                    tell(study, trials[i], ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)), opts.objectives)
+                    told.add(trials[i].number)
+                    stopped = _callbacks.call(callbacks, study, trials[i]) or stopped
+
+                _cluster.launch(launcher, jobs, trials[0].number, tell_job)
             except BaseException as e:  # Ctrl-C, SIGTERM, a launcher error: leave nothing RUNNING
                 for trial in trials:
                     if trial.number not in told:
