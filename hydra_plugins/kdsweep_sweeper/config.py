@@ -31,7 +31,10 @@ class KDSweepSweeperConf:
     max_failure_rate: float = 0.25
     # The official plugin's retired dict of distributions; kept so its configs load, refused if set.
     search_space: Optional[Dict[str, Any]] = None
-    params: Optional[Dict[str, str]] = None
+    params: Any = None  # Any, not Dict: the default is an interpolation (kdsweep.yaml), resolved once composed
+    # Each loss's default search space, by its option in the `loss` group (kdsweep.yaml picks the one
+    # of the run's loss for `params`).
+    spaces: Optional[Dict[str, Any]] = None
     custom_search_space: Optional[str] = None
     # Seconds between a worker's heartbeats on its RUNNING trials. A RUNNING trial whose worker runs
     # on this host is failed as soon as that process is gone; one from another host once it has
