@@ -29,7 +29,7 @@ def compose_config(*overrides: str, return_hydra_config: bool = False):
 
 def test_each_group_holds_the_files_the_docs_name():
     assert GROUPS == {"data": ["arrays", "digits", "fashion_mnist", "function", "mnist"], "model": ["cnn", "hinton", "mlp"],
-                      "loss": ["ce", "kd"]}
+                      "loss": ["ce", "dist", "dkd", "kd", "kd_ls"]}
     assert NETS == {"model/student": ["mlp", "mlp_hinton", "mlp_tutorial"],
                     "model/teacher/net": ["mlp_hinton", "mlp_tutorial", "small_cnn"]}
 
@@ -129,3 +129,33 @@ def test_an_official_optuna_sweeper_config_works_with_one_line_changed(tmp_path)
 def test_the_basic_sweeper_replaces_optuna_for_grids():
     sweeper = compose_config("hydra/sweeper=basic", return_hydra_config=True).hydra.sweeper
     assert sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize("loss", GROUPS["loss"])
+def test_every_loss_option_builds_its_method_with_its_own_name(loss):
+    from kdsweep.methods import make_loss
+
+    name, method = make_loss(OmegaConf.to_container(compose_config(f"loss={loss}").loss, resolve=True))
+    assert name == loss and type(method).__name__.lower() == loss.split("_")[0]
+
+
+@pytest.mark.parametrize("loss", [o for o in GROUPS["loss"] if o != "ce"])
+def test_every_loss_with_a_teacher_has_a_search_space_whose_ends_it_accepts(loss):
+    """hydra.sweeper.params defaults to the space of the run's loss; each end of each range is a
+    value the method takes (so a sweep never tries one it refuses)."""
+    from hydra_plugins.kdsweep_sweeper._search_space import parse, probes
+    from kdsweep.methods import make_loss
+
+    cfg = compose_config(f"loss={loss}", return_hydra_config=True)
+    space = parse(OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)["params"], [])
+    assert space.distributions and all(key.startswith("loss.") for key in space.distributions)
+    for probe in probes(space.distributions):
+        node = OmegaConf.to_container(compose_config(f"loss={loss}", *(f"{k}={v}" for k, v in probe.items())).loss)
+        make_loss(node)  # raises ConfigError for a value out of range
+
+
+def test_the_kd_search_space_is_the_one_it_always_was_and_ce_has_none():
+    params = lambda loss: OmegaConf.to_container(compose_config(f"loss={loss}", return_hydra_config=True).hydra.sweeper,  # noqa: E731
+                                                 resolve=True)["params"]
+    assert params("kd") == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
+    assert params("ce") is None
