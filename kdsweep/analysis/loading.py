@@ -36,6 +36,8 @@ SETTINGS = ["train_size", "labels", "transfer_set", "epochs", "batch_size", "lr"
 STUDENT = SIZE + SETTINGS
 # A metrics.json is complete when it holds at least these (a crashed or running trial has no file).
 REQUIRED = {"config": ("loss", "data", "seed"), "results": ("best_val_acc", "test_acc"), "timings": ()}
+# The columns of a loss method's hyperparameters: `loss.temperature`, `loss.beta`, ... (as swept).
+LOSS_PREFIX = "loss."
 # Files that mark a sweep folder: Optuna sweeps write the first when they finish, grid sweeps the second.
 SWEEP_MARKERS = ("optimization_results.yaml", "multirun.yaml")
 
@@ -135,7 +137,24 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
         if missing := [k for k in keys if k not in part]:
             return skip(f"metrics.json is incomplete (no {section}.{missing[0]})")
     status = metrics.get("status", "complete")  # written by kdsweep since pruning; earlier trials all completed
-    return {**metrics["config"], **metrics["results"], **metrics["timings"], "status": status, "path": str(folder)}
+    config = loss_columns(metrics["config"])
+    return {**config, **metrics["results"], **metrics["timings"], "status": status, "path": str(folder)}
+
+
+def loss_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's config with its loss method's hyperparameters as columns `loss.KEY` (the config keys
+    a sweep sets), from `loss_params`; for a KD trial written before loss_params existed, from its
+    `temperature` and `alpha`. See `hyperparameters` for the columns of a set of trials."""
+    config = dict(config)
+    params = config.pop("loss_params", None)
+    if params is None and config.get("loss") == "kd":
+        params = {"temperature": config.get("temperature"), "alpha": config.get("alpha")}
+    return {**config, **{f"{LOSS_PREFIX}{k}": v for k, v in (params or {}).items()}}
+
+
+def hyperparameters(trials: pd.DataFrame) -> list[str]:
+    """The loss hyperparameter columns (`loss.KEY`) that any of `trials` has, in column order."""
+    return [c for c in trials.columns if c.startswith(LOSS_PREFIX) and trials[c].notna().any()]
 
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
