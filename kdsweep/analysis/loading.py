@@ -38,6 +38,7 @@ STUDENT = SIZE + SETTINGS
 REQUIRED = {"config": ("loss", "data", "seed"), "results": ("best_val_acc", "test_acc"), "timings": ()}
 # The columns of a loss method's hyperparameters: `loss.temperature`, `loss.beta`, ... (as swept).
 LOSS_PREFIX = "loss."
+KD_COLUMNS = ("temperature", "alpha")
 # Files that mark a sweep folder: Optuna sweeps write the first when they finish, grid sweeps the second.
 SWEEP_MARKERS = ("optimization_results.yaml", "multirun.yaml")
 
@@ -142,19 +143,26 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
 
 
 def loss_columns(config: dict[str, Any]) -> dict[str, Any]:
-    """The trial's config with its loss method's hyperparameters as columns `loss.KEY` (the config keys
-    a sweep sets), from `loss_params`; for a KD trial written before loss_params existed, from its
-    `temperature` and `alpha`. See `hyperparameters` for the columns of a set of trials."""
+    """The trial's config with its loss method's hyperparameters (`loss_params`) as columns `loss.KEY`,
+    the config keys a sweep sets. KD's temperature and alpha keep the columns `temperature` and `alpha`
+    that metrics.json has always had (set for KD only), and are not repeated as `loss.temperature`."""
     config = dict(config)
-    params = config.pop("loss_params", None)
-    if params is None and config.get("loss") == "kd":
-        params = {"temperature": config.get("temperature"), "alpha": config.get("alpha")}
-    return {**config, **{f"{LOSS_PREFIX}{k}": v for k, v in (params or {}).items()}}
+    params = config.pop("loss_params", None) or {}
+    return {**config, **{f"{LOSS_PREFIX}{k}": v for k, v in params.items()
+                         if not (k in KD_COLUMNS and config.get(k) is not None)}}
 
 
 def hyperparameters(trials: pd.DataFrame) -> list[str]:
-    """The loss hyperparameter columns (`loss.KEY`) that any of `trials` has, in column order."""
-    return [c for c in trials.columns if c.startswith(LOSS_PREFIX) and trials[c].notna().any()]
+    """The columns of the loss methods' hyperparameters that any of `trials` has: KD's `temperature`
+    and `alpha`, then every `loss.KEY`, in column order."""
+    columns = [c for c in trials.columns if c in KD_COLUMNS or c.startswith(LOSS_PREFIX)]
+    return [c for c in columns if trials[c].notna().any()]
+
+
+def parameter_label(column: str) -> str:
+    """How a hyperparameter column is written in a table: T for any temperature, else its key."""
+    key = column.removeprefix(LOSS_PREFIX)
+    return "T" if key == "temperature" else key
 
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
