@@ -159,3 +159,20 @@ def test_the_kd_search_space_is_the_one_it_always_was_and_ce_has_none():
                                                  resolve=True)["params"]
     assert params("kd") == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
     assert params("ce") is None
+
+
+@pytest.mark.parametrize("study", ["few_labels", "student_size"])
+@pytest.mark.parametrize("loss", ["kd", "kd_ls", "dkd", "dist"])
+def test_the_grid_studies_run_every_method_on_its_own_grid(study, loss):
+    """+study=few_labels / student_size with loss=NAME loss_grid@hydra.sweeper.params=NAME: the grid holds
+    the method's own keys, and every point of it is a loss the method accepts."""
+    from kdsweep.methods import make_loss
+
+    grid = [] if loss == "kd" else [f"loss_grid@hydra.sweeper.params={loss}"]
+    cfg = compose_config(f"+study={study}", f"loss={loss}", *grid, return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    swept = {k: str(v).split(",") for k, v in params.items() if k.startswith("loss.")}
+    assert swept and "seed" in params
+    for point in itertools.product(*swept.values()):
+        node = compose_config(f"loss={loss}", *(f"{k}={v}" for k, v in zip(swept, point))).loss
+        make_loss(OmegaConf.to_container(node))
