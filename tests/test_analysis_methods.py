@@ -98,7 +98,7 @@ def test_the_comparison_pairs_each_method_with_the_baseline_and_tuned_kd_by_seed
     assert table.loc["kd", "gain"] == pytest.approx((10 + 9 + 14) / 3 / 359, abs=1e-7)
     assert table.loc["kd", "tuned"] == "temperature=4, alpha=0.9"
     assert set(table.loc["dkd", "tuned"].split(", ")) == {"alpha=0.5", "beta=2", "temperature=4", "warmup_epochs=20", "ce_weight=1"}
-    assert f"| DKD | {table.loc['dkd', 'tuned']} | 3 |" in markdown(compare_methods(load_trials(tmp_path)))
+    assert f"| DKD | {table.loc['dkd', 'tuned']} | 3 | {sum(base.values()) / 3 / 359:.4f} |" in markdown(compare_methods(load_trials(tmp_path)))
 
 
 def test_a_method_rerun_at_two_points_is_refused(tmp_path):

@@ -96,10 +96,10 @@ def compare_methods(trials: pd.DataFrame, reference: str = "kd") -> pd.DataFrame
 def markdown(table: pd.DataFrame, reference: str = "kd") -> str:
     """The comparison as a Markdown table (gains in percentage points)."""
     ci = lambda low, high: "" if math.isnan(low) else f"{points(low)} to {points(high)}"  # noqa: E731
-    lines = [f"| method | tuned point | seeds | test acc | gain over baseline (95 % CI) | vs tuned {display(reference)} "
-             "(95 % CI) | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| method | tuned point | seeds | baseline test acc | test acc | gain over baseline (95 % CI) | vs tuned "
+             f"{display(reference)} (95 % CI) | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         vs = "" if math.isnan(r.vs_reference) else f"{points(r.vs_reference)} ({ci(r.vs_reference_low, r.vs_reference_high)})"
-        lines.append(f"| {r.method} | {r.tuned} | {r.seeds} | {r.test_acc:.4f} | {points(r.gain)} "
+        lines.append(f"| {r.method} | {r.tuned} | {r.seeds} | {r.baseline_test_acc:.4f} | {r.test_acc:.4f} | {points(r.gain)} "
                      f"({ci(r.gain_low, r.gain_high)}) | {vs} | {r.verdict} |")
     return "\n".join(lines)
