@@ -3,7 +3,7 @@
 The trials of a sweep batch share the data, the teacher's logits and the student's architecture and
 differ only in the loss's hyperparameters and the seed. So their K students are stacked (`torch.func.stack_module_state`)
 and run as one model (an MLP as batched matmuls, any other network through `torch.vmap` over
-`torch.func.functional_call`), one optimizer steps the stacked parameters, and the K losses, each with its own T and alpha, are summed. Every piece keeps the trials
+`torch.func.functional_call`), one optimizer steps the stacked parameters, and the K losses, each with its own hyperparameters, are summed. Every piece keeps the trials
 apart, so each trial is the trial it would be alone:
 
 - initial weights: each student comes from `trial.new_student` with its own seed, then is stacked;
@@ -407,7 +407,7 @@ def method_stack(trials: Sequence[TrialSettings], like: torch.Tensor) -> LossMet
 def train_trials(
     trials: Sequence[TrialSettings], *, fused_optimizer: bool = True, num_threads: int | None = None
 ) -> list[BatchedTrial]:
-    """Train K trials that differ only in T, alpha and the seed as one model.
+    """Train K trials that differ only in the loss's hyperparameters and the seed as one model.
 
     fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
     num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
