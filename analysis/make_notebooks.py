@@ -174,6 +174,17 @@ distillation helped. Drawn only when the trials hold at least two student sizes.
 
 Teacher, distilled student and baseline side by side, and the improvement with its interval."""),
     ("code", "analysis.compare_student_vs_baseline(trials)"),
+    ("md", """\
+## What the student buys: size, speed and the trade-off
+
+Every trial measures its student and its teacher once per architecture: parameters, bytes on disk,
+FLOPs per example, latency at batch 1 and throughput at a large batch, on the trial's device. One row
+per student tried (and per (T, alpha)), the baseline students and the teacher; `pareto_params` and
+`pareto_latency` mark the distilled students no other matches in val accuracy while being smaller or
+faster. The multi-objective sweep `python -m kdsweep.run -m +study=tradeoff` searches for that front."""),
+    ("code", 'if analysis.has_sizes(trials):\n    tradeoff = analysis.tradeoff_table(trials)\n    display(tradeoff)\n'
+             '    display(analysis.plot_tradeoff(tradeoff))\nelse:\n'
+             '    print("these trials carry no measured size and speed (made before kdsweep measured them)")'),
 )
 
 

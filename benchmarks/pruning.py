@@ -43,15 +43,15 @@ def kdsweep(*args: str, cwd: Path) -> float:
 
 def sweep_figures(folder: Path) -> dict[str, float | int | None]:
     """Trials pruned, and the best COMPLETE trial's val and test accuracy, from the sweep's study."""
-    import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{folder / 'outputs' / 'optuna.db'}"
-    (name,) = optuna.get_all_study_names(url)
-    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    from kdsweep.analysis import open_study
+    from kdsweep.selection import best_with_ties
+
+    trials = open_study(f"sqlite:///{folder / 'outputs' / 'optuna.db'}").get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None  # ties: the first found
+    # kdsweep's one tie rule (the sweeper's and the analysis's): the first trial found among equals.
+    best = complete[best_with_ties([t.value for t in complete], order=[t.number for t in complete]).index] if complete else None
     return {"pruned": sum(t.state == TrialState.PRUNED for t in trials), "complete": len(complete),
             "best_val": None if best is None else best.value,
             "test": None if best is None else best.user_attrs.get("test_acc")}

@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from kdsweep.errors import KDSweepError
+from kdsweep.torch_files import load_torch_file
+
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -71,8 +74,8 @@ def load_or_build(
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
             try:
-                entry = torch.load(path, map_location="cpu", weights_only=True)
-                if entry.get("spec") != spec:
+                entry = load_torch_file(path, None, KDSweepError)  # the one opener of torch files
+                if not isinstance(entry, dict) or entry.get("spec") != spec:
                     raise ValueError("it was made for another spec")
                 return entry["payload"], True
             except Exception as e:  # any unreadable entry is rebuilt rather than trusted

@@ -29,6 +29,8 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 DATA_SETS = ("digits", "fashion_mnist", "mnist")
+# MNIST's digits and Fashion-MNIST's garments: ten classes each, whatever labels a file holds.
+IDX_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,70 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
+def as_array(value: object) -> np.ndarray:
+    """A numpy view of an array, list or tensor (detached: a tensor may require grad)."""
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def check_split(x: np.ndarray, y: np.ndarray, where: str, x_name: str, y_name: str) -> None:
+    """The one input and label check of every data source, on its arrays as read, before any conversion.
+
+    Built-in sets (digits, the IDX files of MNIST and Fashion-MNIST), data files and data functions
+    all pass here (and through `check_classes`), so that what one source refuses, every source refuses.
+
+    Args:
+        x: inputs, (N, ...) with N >= 1: a float dtype with finite values (features, images), or an
+            integer dtype that fits int64 (token ids, raw pixels). Booleans, complex, objects are refused.
+        y: labels, (N,): an integer dtype (a float label could be 2.7; it is not rounded for you).
+        where: what the arrays come from, e.g. "data.path=my.npz" or "data.root=/usr/share/datasets/mnist".
+        x_name, y_name: the arrays' names there (x_train, or train-images-idx3-ubyte.gz).
+
+    Raises DataError naming the source, the array, what it holds and what is allowed.
+    """
+    if x.ndim < 2 or len(x) == 0:
+        raise DataError(f"{where}: {x_name} must hold one row per example, shape (N, ...) with N >= 1, "
+                        f"but has shape {x.shape}.")
+    if y.shape != (len(x),):
+        raise DataError(f"{where}: {y_name} must hold one label per row of {x_name}, shape ({len(x)},), "
+                        f"but has shape {y.shape}.")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: {y_name} must hold integer class indices (an integer dtype), but has dtype "
+                        f"{y.dtype}; convert it with y.astype('int64').")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            raise DataError(f"{where}: {x_name} holds {bad} NaN or infinite values; inputs must be finite.")
+    elif not np.issubdtype(x.dtype, np.integer) or x.dtype == np.uint64:
+        raise DataError(f"{where}: {x_name} must be a float array (features, images) or an integer array "
+                        f"(token ids), but has dtype {x.dtype}.")
+
+
+def check_classes(labels: dict[str, np.ndarray], num_classes: int | None, where: str, why: str) -> int:
+    """The class count, with every label in [0, num_classes); None counts them (the largest label + 1).
+
+    Args:
+        labels: each label array (integer dtype, checked by `check_split`) by its name.
+        num_classes: the data's class count, or None to count them.
+        where: the source, as for `check_split`; why: where the class count comes from, for the message
+            (e.g. "data.num_classes=3", or "MNIST and Fashion-MNIST have 10 classes").
+
+    Raises DataError for a label outside the range (naming the array, the value and its row), or for
+    data of a single class.
+    """
+    low = min(int(y.min()) for y in labels.values())
+    high = max(int(y.max()) for y in labels.values())
+    if num_classes is None:
+        num_classes = high + 1
+    if low < 0 or high >= num_classes:
+        name, y = next((n, y) for n, y in labels.items() if y.min() < 0 or y.max() >= num_classes)
+        row = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])
+        raise DataError(f"{where}: labels must lie in [0, {num_classes}) ({why}), but they run from {low} to {high} "
+                        f"({name} holds {int(y[row])} at row {row}).")
+    if num_classes < 2:
+        raise DataError(f"{where}: the labels hold a single class ({low}); classification needs at least two.")
+    return num_classes
+
+
 def _split_indices(n: int, n_val: int, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
     order = np.random.default_rng(seed).permutation(n)
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
@@ -122,6 +188,8 @@ def load_digits_split(val_fraction: float, test_fraction: float, split_seed: int
     sklearn_dir = importlib.util.find_spec("sklearn").submodule_search_locations[0]
     table = np.loadtxt(Path(sklearn_dir) / "datasets" / "data" / "digits.csv.gz", delimiter=",")
     images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    check_split(images, labels, "scikit-learn's digits", "its images", "its labels")
+    check_classes({"its labels": labels}, 10, "scikit-learn's digits", "the ten digits")
     n = len(labels)
     train_idx, val_idx, test_idx = _split_indices(
         n, round(n * val_fraction), round(n * test_fraction), split_seed
@@ -147,10 +215,12 @@ def load_idx_split(name: str, root: Path, val_size: int, split_seed: int) -> Dat
             "or copy the four .gz files into a folder and set data.root=FOLDER."
         )
     arrays = {key: read_idx(root / f) for key, f in IDX_FILES.items()}
+    where = f"data.name={name} data.root={root}"
     for part in ("train", "test"):
-        n_images, n_labels = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
-        if n_images != n_labels:
-            raise DataError(f"{root}: {n_images} {part} images but {n_labels} {part} labels.")
+        check_split(arrays[f"{part}_images"], arrays[f"{part}_labels"], where, IDX_FILES[f"{part}_images"],
+                    IDX_FILES[f"{part}_labels"])
+    check_classes({IDX_FILES[k]: arrays[k] for k in ("train_labels", "test_labels")}, IDX_CLASSES, where,
+                  f"data.name={name} has {IDX_CLASSES} classes")
     n_train = len(arrays["train_labels"])
     if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < n_train:
         raise ConfigError(
@@ -164,7 +234,7 @@ def load_idx_split(name: str, root: Path, val_size: int, split_seed: int) -> Dat
         train=_to_split(images[train_idx], labels[train_idx], 255.0),
         val=_to_split(images[val_idx], labels[val_idx], 255.0),
         test=_to_split(arrays["test_images"], arrays["test_labels"], 255.0),
-        num_classes=int(labels.max()) + 1,
+        num_classes=IDX_CLASSES,
     )
 
 

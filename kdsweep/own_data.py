@@ -13,8 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdsweep.data import Dataset, Split, load_data, take_subset
+from kdsweep.data import Dataset, Split, as_array, check_classes, check_split, load_data, take_subset
 from kdsweep.errors import ConfigError, DataError
+from kdsweep.torch_files import load_torch_file
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 SPLITS = ("train", "val", "test")
@@ -36,28 +35,42 @@ _HASHED: dict[str, tuple[list[int], str]] = {}
 
 
 def read_array_file(path: Path, key: str) -> dict[str, np.ndarray]:
-    """The arrays of a .npz file (no pickles) or a .pt dict of tensors (weights_only=True), by name."""
+    """The arrays of a .npz file (no pickles) or a .pt dict of tensors (weights_only=True), by name.
+
+    `key` is the config key that named the file (data.path, teacher.logits), for the messages. Raises
+    DataError for a missing file, another suffix, or contents that are not such arrays (a text file,
+    a file cut short, object arrays, pickled objects): `kdsweep.torch_files` opens the .pt files.
+    """
     if not path.is_file():
         raise DataError(f"{key}={path} does not exist or is not a file.")
     if path.suffix == ".npz":
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not head.startswith(b"PK"):  # a .npz file is a zip archive
+            raise DataError(f"{key}={path} is not a .npz archive (a zip archive, as np.savez writes it): it "
+                            f"{'is empty' if not head else f'begins with {head!r}'}. Save the arrays with "
+                            "np.savez(path, x_train=..., ...).")
         try:
             with np.load(path, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+                arrays = {name: archive[name] for name in archive.files}
+        except Exception as e:  # zipfile, zlib, numpy's format reader: all about the file's bytes
             raise DataError(f"{key}={path} cannot be read as a .npz archive of plain arrays "
-                            f"(np.savez(path, x_train=..., ...); object arrays are refused): {e}") from e
+                            f"(np.savez(path, x_train=..., ...); object arrays are refused): "
+                            f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
+        odd = sorted(name for name, value in arrays.items() if not isinstance(value, np.ndarray))
+        if odd:
+            raise DataError(f"{key}={path} is a zip archive whose members {odd[:4]} are not .npy arrays; save the "
+                            "arrays with np.savez(path, x_train=..., ...).")
+        return arrays
     if path.suffix == ".pt":
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-            raise DataError(
-                f"{key}={path} cannot be loaded with weights_only=True, which kdsweep requires so that a "
-                "data file cannot run code: save a dict of tensors, torch.save({'x_train': ..., ...}, path). "
-                f"The loader said: {str(e).splitlines()[0]}") from e
+        loaded = load_torch_file(path, key, DataError, "Save a dict of tensors: torch.save({'x_train': tensor, "
+                                 "'y_train': tensor, ...}, path).")
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             raise DataError(f"{key}={path} holds a {type(loaded).__name__}, not a dict of tensors: save it "
                             "with torch.save({'x_train': tensor, 'y_train': tensor, ...}, path).")
-        return {str(k): v.numpy() for k, v in loaded.items()}
+        # Detached (a tensor saved with requires_grad), dense, and bfloat16 widened: numpy has no bfloat16.
+        return {str(k): (v.detach().to_dense().float() if v.dtype == torch.bfloat16 else v.detach().to_dense()).numpy()
+                for k, v in loaded.items()}
     raise DataError(f"{key}={path} must end in .npz (numpy.savez) or .pt (torch.save of a dict of tensors), "
                     f"but ends in {path.suffix or 'nothing'!r}.")
 
@@ -76,44 +89,26 @@ def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None)
                         f"x_val with y_val (else val is carved from train); it holds {sorted(arrays)}.")
     out: dict[str, np.ndarray] = {}
     for split in [s for s in SPLITS if f"x_{s}" in arrays]:
-        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
-        if x.ndim < 2 or len(x) == 0:
-            raise DataError(f"{where}: x_{split} must hold one row per example, shape (N, ...) with N >= 1, "
-                            f"but has shape {x.shape}.")
-        if y.shape != (len(x),):
-            raise DataError(f"{where}: y_{split} must hold one label per row of x_{split}, shape ({len(x)},), "
-                            f"but has shape {y.shape}.")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{where}: y_{split} must hold integer class indices (an integer dtype), but has dtype "
-                            f"{y.dtype}; convert it with y.astype('int64').")
-        if np.issubdtype(x.dtype, np.floating):
-            bad = int(np.count_nonzero(~np.isfinite(x)))
-            if bad:
-                raise DataError(f"{where}: x_{split} holds {bad} NaN or infinite values; inputs must be finite.")
-            x = x.astype(np.float32, copy=False)
-        elif np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint64:
-            x = x.astype(np.int64, copy=False)  # token ids (or other integer inputs): kept as integers
-        else:
-            raise DataError(f"{where}: x_{split} must be a float array (features, images) or an integer array "
-                            f"(token ids), but has dtype {x.dtype}.")
-        out[f"x_{split}"], out[f"y_{split}"] = x, y.astype(np.int64, copy=False)
+        try:
+            x, y = as_array(arrays[f"x_{split}"]), as_array(arrays[f"y_{split}"])
+        except Exception as e:  # e.g. a list of rows of different lengths, from the user's function
+            raise DataError(f"{where}: x_{split} and y_{split} must be arrays (numpy, torch, or nested lists of one "
+                            f"shape): {type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
+        check_split(x, y, where, f"x_{split}", f"y_{split}")  # the check every data source passes
+        # Float inputs as float32; integer ones (token ids) stay integers, as int64.
+        out[f"x_{split}"] = x.astype(np.float32 if np.issubdtype(x.dtype, np.floating) else np.int64, copy=False)
+        out[f"y_{split}"] = y.astype(np.int64, copy=False)
     shapes = {s: out[f"x_{s}"].shape[1:] for s in SPLITS if f"x_{s}" in out}
     kinds = {s: out[f"x_{s}"].dtype.name for s in shapes}
     if len(set(shapes.values())) > 1 or len(set(kinds.values())) > 1:
         raise DataError(f"{where}: every split's x must have the same shape per example and kind, but "
                         f"they are {', '.join(f'x_{s} {shapes[s]} {kinds[s]}' for s in shapes)}.")
-    low = min(int(out[f"y_{s}"].min()) for s in shapes)
-    high = max(int(out[f"y_{s}"].max()) for s in shapes)
-    if num_classes is None:
-        num_classes = high + 1
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
         raise ConfigError(f"data.num_classes must be an integer >= 2, or null to count the labels, but got "
                           f"data.num_classes={num_classes!r}.")
-    if low < 0 or high >= num_classes:
-        raise DataError(f"{where}: labels must lie in [0, {num_classes}) (data.num_classes="
-                        f"{num_classes}), but they run from {low} to {high}.")
-    if num_classes < 2:
-        raise DataError(f"{where}: the labels hold a single class ({low}); classification needs at least two.")
+    num_classes = check_classes({f"y_{s}": out[f"y_{s}"] for s in shapes}, num_classes, where,
+                                f"data.num_classes={num_classes}" if num_classes is not None else
+                                "data.num_classes=null: the largest label + 1")
     return out, num_classes
 
 
@@ -190,9 +185,10 @@ def _stack_dataset(dataset: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     """A map-style torch Dataset of (x, y) items as two arrays, read once."""
     try:
         items = [dataset[i] for i in range(len(dataset))]
-        xs = np.stack([np.asarray(x.detach() if isinstance(x, torch.Tensor) else x) for x, _ in items]) if items else np.empty((0, 1))
-        ys = np.asarray([int(y) for _, y in items], dtype=np.int64)
-    except (TypeError, ValueError, IndexError) as e:
+        xs = np.stack([as_array(x) for x, _ in items]) if items else np.empty((0, 1))
+        # Each label as it is (int(2.7) would be a silent 2): check_split refuses a non-integer dtype.
+        ys = np.asarray([as_array(y).item() for _, y in items]) if items else np.empty(0, np.int64)
+    except Exception as e:  # the user's Dataset (its __getitem__ is their code): one paragraph that names it
         raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
                         f"integer label: {type(e).__name__}: {e}") from e
     return xs, ys

@@ -15,15 +15,20 @@ for. The contract with the sweeper:
 
 `kdsweep.run.settings_from_config` reads these into a `PruningSettings`; `should_stop_for` loads the
 study with that pruner, and each call reports the epoch's val accuracy (`trial.report(val_acc,
-epoch)`) and asks `trial.should_prune()`. A pruned trial then raises `kdsweep.errors.TrialPruned`
-(see `kdsweep.trial`), for the sweeper to record it as PRUNED. Optuna is imported only here, and only
-when a trial is pruned-for: a single run never imports it.
+epoch)`) and, with a pruner, asks `trial.should_prune()`. A pruned trial then raises
+`kdsweep.errors.TrialPruned` (see `kdsweep.trial`), for the sweeper to record it as PRUNED. Every
+Optuna trial reports, with a pruner or without: its intermediate values are the learning curve that
+optuna-dashboard and `optuna.visualization.plot_intermediate_values` draw (without a pruner, as many
+reports as cost at most CURVE_SHARE of the training time). Optuna is imported only here, and only for
+an Optuna trial: a single run never imports it.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,29 +48,30 @@ TRIAL_ENV = "KDSWEEP_OPTUNA_TRIAL"
 class PruningSettings:
     """Which Optuna trial a job reports to, with which pruner, how often."""
 
-    pruner: dict[str, Any]  # the hydra.sweeper.pruner node: `_target_` and the pruner's arguments
+    pruner: dict[str, Any] | None  # the hydra.sweeper.pruner node (`_target_` and its arguments); None: report only
     report_every: int  # epochs between reports (and pruning decisions)
     trial_number: int
     study_name: str
     storage: str = field(repr=False)  # holds the password: kept out of logs and reprs
 
     @property
-    def pruner_name(self) -> str:
-        return str(self.pruner.get("_target_", "?")).rsplit(".", 1)[-1]
+    def pruner_name(self) -> str | None:
+        return None if self.pruner is None else str(self.pruner.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def pruning_settings(
     pruner: Any, report_every: Any, trial_number: Any, environ: dict[str, str]
 ) -> PruningSettings | None:
-    """Checked settings from the job's config values and the sweeper's environment; None: no pruning.
+    """Checked settings from the job's config values and the sweeper's environment; None: no Optuna trial.
 
-    pruner: the hydra.sweeper.pruner node as a plain dict, or None; report_every: hydra.sweeper.
-    report_every (None: 1); trial_number: hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL (None: this job is no
-    Optuna trial, e.g. a single run). Raises ConfigError naming the key for a value that cannot work.
+    pruner: the hydra.sweeper.pruner node as a plain dict, or None (the trial reports its val accuracy
+    without being pruned); report_every: hydra.sweeper.report_every (None: 1); trial_number:
+    hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL (None: this job is no Optuna trial, e.g. a single run or a
+    grid). Raises ConfigError naming the key for a value that cannot work.
     """
-    if pruner is None or trial_number is None:
+    if trial_number is None:
         return None
-    if not isinstance(pruner, dict) or not isinstance(pruner.get("_target_"), str):
+    if pruner is not None and (not isinstance(pruner, dict) or not isinstance(pruner.get("_target_"), str)):
         raise ConfigError(
             f"hydra.sweeper.pruner must be null or a node with a _target_ naming an Optuna pruner class "
             f"(e.g. optuna.pruners.MedianPruner), but got hydra.sweeper.pruner={pruner!r}."
@@ -88,7 +94,8 @@ def pruning_settings(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set in the environment: the "
             f"sweeper sets {STORAGE_ENV} (the storage URL) and {STUDY_ENV} (the study name) for its jobs."
         )
-    return PruningSettings(dict(pruner), report_every, number, environ[STUDY_ENV], environ[STORAGE_ENV])
+    return PruningSettings(None if pruner is None else dict(pruner), report_every, number, environ[STUDY_ENV],
+                           environ[STORAGE_ENV])
 
 
 def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -122,15 +129,19 @@ def make_pruner(node: dict[str, Any]) -> optuna.pruners.BasePruner:
 def load_trial(settings: PruningSettings) -> optuna.trial.Trial:
     """The running Optuna trial `settings` names, in a study loaded with the configured pruner.
 
-    Public Optuna API only (present in Optuna 2.10 and 5): the storage object (RDB or journal), whose
+    Public Optuna API only: the storage object (RDB or journal), whose
     `get_study_id_from_name` and `get_trial_id_from_study_id_trial_number` map the study's name and the
     trial's number to the ids that `optuna.trial.Trial(study, trial_id)` takes. A study or trial that is
     not in the storage raises ConfigError.
     """
     import optuna
 
-    pruner = make_pruner(settings.pruner)
-    storage = open_storage(settings.storage)
+    from kdsweep.storage import open_storage
+
+    # No pruner: Optuna's NopPruner, which never prunes (should_stop_for does not even ask it).
+    pruner = optuna.pruners.NopPruner() if settings.pruner is None else make_pruner(settings.pruner)
+    # The one opener the sweeper uses too (a journal's torn tail is set aside there); never creates one.
+    storage = open_storage(settings.storage, key=STORAGE_ENV, create=False)
     try:
         study_id = storage.get_study_id_from_name(settings.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, settings.trial_number)
@@ -146,26 +157,46 @@ def load_trial(settings: PruningSettings) -> optuna.trial.Trial:
     return optuna.trial.Trial(study, trial_id)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The storage the sweeper names in KDSWEEP_OPTUNA_STORAGE: `journal:///PATH` (Optuna's journal file,
-    as hydra.sweeper.storage takes it) or an SQLAlchemy URL (RDBStorage)."""
-    import optuna
-
-    if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///"):]))
-    # As the sweeper opens it: jobs side by side wait for each other's writes to one SQLite file.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+# Without a pruner the reports only draw the learning curve: they may take at most this share of the
+# training time. A report is a storage commit (18-36 ms on SQLite on a 2-core VM, benchmarks/curve_reports.py),
+# longer than a digits epoch (16-30 ms): reporting each of them would double the training time.
+CURVE_SHARE = 0.05
 
 
-def should_stop_for(settings: PruningSettings) -> ShouldStop:
-    """`should_stop(epoch, val_acc)`: report val_acc at step `epoch` to the trial; True if it is pruned."""
+def should_stop_for(settings: PruningSettings, clock: Callable[[], float] = time.perf_counter) -> ShouldStop:
+    """`should_stop(epoch, val_acc)`: report val_acc at step `epoch` to the trial; True if it is pruned.
+
+    With a pruner: a report at every call (every `report_every` epochs) and `trial.should_prune()`.
+    Without one the reports are the learning curve only, never a decision: the first call reports, and
+    a later one only once the time since the last report's end is at least 1 / CURVE_SHARE times what
+    that report took (seconds, by `clock`), so reports cost at most CURVE_SHARE of the
+    training; the steps kept therefore depend on the machine's speed. should_prune is not asked (it
+    reads the trial back from the storage). A multi-objective study takes no reports (Optuna's
+    Trial.report refuses them): there the callable only returns False.
+
+    Raises:
+        ConfigError: a pruner on a multi-objective study, or a study or trial the storage does not hold.
+    """
     trial = load_trial(settings)
+    if len(trial.study.directions) > 1:
+        if settings.pruner is not None:
+            raise ConfigError(f"hydra.sweeper.pruner={settings.pruner_name} cannot prune a multi-objective study "
+                              "(Optuna's pruners compare one value per step): set hydra/sweeper/pruner=none.")
+        return lambda epoch, val_acc: False
+    if settings.pruner is not None:
+        def should_stop(epoch: int, val_acc: float) -> bool:
+            trial.report(val_acc, epoch)
+            return trial.should_prune()
 
-    def should_stop(epoch: int, val_acc: float) -> bool:
-        trial.report(val_acc, epoch)
-        return trial.should_prune()
+        return should_stop
+    last: list[float] = []  # [end of the last report, its duration], once a report was made
 
-    return should_stop
+    def report_curve(epoch: int, val_acc: float) -> bool:
+        now = clock()
+        if not last or (now - last[0]) * CURVE_SHARE >= last[1]:
+            trial.report(val_acc, epoch)
+            end = clock()
+            last[:] = [end, end - now]
+        return False
+
+    return report_curve

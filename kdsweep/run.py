@@ -37,8 +37,9 @@ EXIT_PRUNED = 3
 def pruning_from_hydra() -> PruningSettings | None:
     """The job's Optuna trial and pruner (kdsweep.pruning), from the Hydra config of the job now running.
 
-    None (no pruning) when Hydra is not running, the sweeper has no `pruner` (or it is null), or the
-    job is no Optuna trial (no hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL).
+    None when Hydra is not running or the job is no Optuna trial (no hydra.job.env_set.KDSWEEP_OPTUNA_TRIAL).
+    An Optuna trial always reports its val accuracy (its learning curve); it is pruned only when the
+    sweeper has a `pruner`.
     """
     if not HydraConfig.initialized():
         return None
@@ -88,6 +89,11 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
 
+    missing = sorted(OmegaConf.missing_keys(cfg))  # `???` in a config file: a value only the user can give
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given on the command line or in your config (the config "
+                          "leaves it as ???): e.g. data=arrays data.path=my_data.npz, or data=function "
+                          "data.loader._target_=my_module.my_data.")
     for key, ok, allowed in (("seed", isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "an integer"),
                              ("baseline", isinstance(cfg.baseline, bool), "true or false"),
                              ("cache_dir", isinstance(cfg.cache_dir, str) and cfg.cache_dir != "", "a folder path")):
@@ -163,6 +169,9 @@ class CheckOutputFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
         self._check("hydra.run.dir", config.hydra.run.dir)
+        from kdsweep.folders import claim_run_dir
+
+        claim_run_dir(config)  # a timestamped folder another run already holds: a fresh one beside it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         self._check("hydra.sweep.dir", config.hydra.sweep.dir)

@@ -31,6 +31,7 @@ from kdsweep.methods import CE, KD, LossMethod
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
+from kdsweep.profiling import trial_size
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
 from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
 
@@ -353,6 +354,7 @@ def finish_trial(
             "study_name": settings.pruning.study_name, "trial_number": settings.pruning.trial_number,
         },
         "results": results,
+        "size": trial_size(settings, inputs, student),  # student's and teacher's size and speed, measured once each
         "history": result.history,
         "timings": timings,
         "versions": dict(_versions()),

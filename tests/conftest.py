@@ -70,3 +70,27 @@ def read_metrics(folder: Path) -> dict:
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+def accuracy_bounds(logits, labels, atol: float) -> tuple[float, float]:
+    """The accuracies that `logits` (N, C) can give when each logit may differ by up to `atol`, as the same
+    network's logits do on another thread count or CPU (the same products summed in another order).
+
+    A row's prediction can flip only where its two largest logits are within 2 x atol of each other;
+    every other row's prediction is fixed. Returns (lowest, highest) accuracy over labels (N,).
+    """
+    top2 = logits.topk(2, dim=1).values
+    near_tie = (top2[:, 0] - top2[:, 1]) <= 2 * atol
+    correct = logits.argmax(1) == labels
+    n = len(labels)
+    return int((correct & ~near_tie).sum()) / n, int((correct | near_tie).sum()) / n
+
+
+def is_share_of(value: float, n: int) -> bool:
+    """Whether `value` is k / n for an integer 0 <= k <= n: an accuracy counted over n examples.
+
+    k / n in float64 is within k x 2^-53 of k / n, so value x n lies within n x 2.2e-16 of k: 1e-9
+    separates "a count" from anything else for every n below a million.
+    """
+    k = round(value * n)
+    return 0 <= k <= n and abs(value * n - k) < 1e-9

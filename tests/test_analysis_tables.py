@@ -215,8 +215,8 @@ def test_importances_rank_the_parameter_that_drives_val_accuracy_first(tmp_path)
         write_trial(tmp_path / str(i), T=T, alpha=(0.3, 0.6, 0.9)[i % 3], val=acc(350 - int(2 * T)), test=0.9)
     ranked = analysis.parameter_importances(analysis.study_from_trials(analysis.load_trials(tmp_path)))
     assert list(ranked["parameter"]) == ["temperature", "alpha"]
-    method = ranked.columns[1]  # fanova, or its stand-in under Optuna 2.10 with current scikit-learn
-    assert method in ("fanova", "mean_decrease_impurity")
+    method = ranked.columns[1]
+    assert method == "fanova"
     assert ranked[method].iloc[0] > 0.9 and ranked[method].sum() == pytest.approx(1.0)
     assert set(ranked["n_trials"]) == {24}
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import read_metrics, run_cli
+from conftest import REPO, read_metrics, run_cli
 from kdsweep.data import IDX_FILES
 from kdsweep.models import MLP
 
@@ -62,7 +63,8 @@ CASES = {
                                "expected 00 00 <type code> <ndim>"),
     "checkpoint of another architecture": (["teacher.checkpoint={inputs}/mlp.pt"],
                                            "does not fit the architecture of model.teacher.net (SmallCNN)", "choose the model whose teacher"),
-    "checkpoint not a state dict": (["teacher.checkpoint={inputs}/module.pt"], "cannot be loaded with weights_only=True",
+    "checkpoint not a state dict": (["teacher.checkpoint={inputs}/module.pt"],
+                                    "holds Python objects whose loading would run code (kdsweep.models.MLP)",
                                     "torch.save(model.state_dict(), path)"),
     "read-only output folder": (["hydra.run.dir={inputs}/ro/run"], "hydra.run.dir={inputs}/ro/run cannot be written",
                                 "Set hydra.run.dir to a writable folder"),
@@ -79,10 +81,14 @@ CASES = {
                                        "PYTHONPATH"),
     "student output of the wrong shape": (["model.student._target_=mymodels.FiveWay"],
                                           "must return logits of shape (batch, 10)", "returned (2, 5)"),
+    "data file not given": (["data=arrays", *FEATURES], "data.path must be given", "data=arrays data.path=my_data.npz"),
+    "data function not given": (["data=function", *FEATURES], "data.loader._target_ must be given",
+                                "data.loader._target_=my_module.my_data"),
     "data file missing": (["data=arrays", "data.path={inputs}/none.npz"], "data.path={inputs}/none.npz does not exist", "not a file"),
     "data file of another format": (["data=arrays", "data.path={inputs}/data.csv"], "must end in .npz", "or .pt"),
-    "data .pt file that is a pickle": (["data=arrays", "data.path={inputs}/pickle.pt"], "cannot be loaded with weights_only=True",
-                                       "torch.save({{'x_train': ..., ...}}, path)"),
+    "data .pt file that is a pickle": (["data=arrays", "data.path={inputs}/pickle.pt"],
+                                       "holds Python objects whose loading would run code (kdsweep.models.MLP)",
+                                       "torch.save({{'x_train': tensor, 'y_train': tensor, ...}}, path)"),
     "data missing a key": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES], "lacks ['y_test']", "it holds ["),
     "x and y rows disagree": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES],
                               "y_train must hold one label per row of x_train, shape (60,)", "but has shape (59,)"),
@@ -125,6 +131,27 @@ CASES = {
     "DataParallel checkpoint of another architecture": (["teacher.checkpoint={inputs}/dp.pt"],
                                                         "does not fit the architecture of model.teacher.net (SmallCNN)",
                                                         "choose the model whose teacher"),
+    # One check of each kind, whatever the path (issue 21): every torch file through one opener, every
+    # data source through one label check.
+    "teacher checkpoint that is no torch file": (["teacher.checkpoint={inputs}/bad.pt"],
+                                                 "teacher.checkpoint={inputs}/bad.pt is not a file written by torch.save",
+                                                 "it begins with b'hello\\n'"),
+    "teacher checkpoint cut short": (["teacher.checkpoint={inputs}/short.pt"],
+                                     "teacher.checkpoint={inputs}/short.pt is truncated or damaged",
+                                     "torch.save(model.state_dict(), path)"),
+    "data .pt file that is text": (["data=arrays", "data.path={inputs}/text.pt", *FEATURES],
+                                   "data.path={inputs}/text.pt is not a file written by torch.save",
+                                   "torch.save({{'x_train': tensor"),
+    "logits .pt file cut short": (["data=arrays", "data.path={inputs}/data.npz", *FEATURES, "teacher.logits={inputs}/short.pt"],
+                                  "teacher.logits={inputs}/short.pt is truncated or damaged", "torch.save({{'x_train': tensor"),
+    "IDX labels holding -1": (["data=fashion_mnist", "data.root={inputs}"], "labels must lie in [0, 10) (data.name=fashion_mnist "
+                              "has 10 classes), but they run from -1 to 9", "(train-labels-idx1-ubyte.gz holds -1 at row 3)"),
+    "IDX label 10 of 10 classes": (["data=fashion_mnist", "data.root={inputs}"], "labels must lie in [0, 10)",
+                                   "(t10k-labels-idx1-ubyte.gz holds 10 at row 3)"),
+    "labels -1 from a data function": (["data=function", "data.loader._target_=mymodels.negative_label", *FEATURES],
+                                       "labels must lie in [0, 5)", "(y_train holds -1 at row 3)"),
+    "float labels from a data function's Datasets": (["data=function", "data.loader._target_=mymodels.float_label_datasets", *FEATURES],
+                                                     "y_train must hold integer class indices", "has dtype float64"),
 }
 
 
@@ -203,6 +230,7 @@ def logits(**changes: np.ndarray | None) -> dict[str, np.ndarray]:
 
 
 MYMODELS = """
+import numpy as np
 import torch
 from torch import nn
 
@@ -227,6 +255,26 @@ class FiveWay(nn.Module):
 
 def broken_data():
     raise ValueError("no data here")
+
+
+def features():
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.normal(size=(60, 6)).astype(np.float32), "y_train": np.arange(60) % 5,
+            "x_test": rng.normal(size=(20, 6)).astype(np.float32), "y_test": np.arange(20) % 5}
+
+
+def negative_label():
+    arrays = features()
+    arrays["y_train"][3] = -1
+    return arrays
+
+
+def float_label_datasets():
+    from torch.utils.data import TensorDataset
+
+    arrays = features()
+    return {split: TensorDataset(torch.from_numpy(arrays[f"x_{split}"]), torch.from_numpy(arrays[f"y_{split}"]).double())
+            for split in ("train", "test")}
 """
 
 
@@ -256,6 +304,33 @@ def data_parallel_checkpoint(inputs: Path) -> Iterator[None]:
     state = MLP((1, 8, 8), 10, width=32).state_dict()
     torch.save({f"module.{k}": v for k, v in state.items()}, inputs / "dp.pt")
     yield
+
+
+@contextlib.contextmanager
+def damaged_torch_files(inputs: Path) -> Iterator[None]:
+    """`echo hello > bad.pt`, and a torch file cut short (a copy or download that stopped), beside valid data."""
+    (inputs / "bad.pt").write_text("hello\n")
+    (inputs / "text.pt").write_text("x_train,y_train\n1,0\n")
+    torch.save(MLP((1, 8, 8), 10).state_dict(), inputs / "whole.pt")
+    raw = (inputs / "whole.pt").read_bytes()
+    (inputs / "short.pt").write_bytes(raw[: len(raw) // 2])
+    with own_files(features())(inputs):
+        yield
+
+
+def idx_label(value: int, file: str) -> Callable[[Path], contextlib.AbstractContextManager[None]]:
+    """Valid IDX files but for one label of `file` (signed bytes, type code 0x09, so that -1 is a byte)."""
+    @contextlib.contextmanager
+    def setup(inputs: Path) -> Iterator[None]:
+        write_fashion_mnist(inputs)
+        labels = np.arange(60 if file.startswith("train") else 20) % 10
+        labels[3] = value
+        header = bytes([0, 0, 0x09, 1]) + struct.pack(">I", len(labels))
+        with gzip.open(inputs / IDX_FILES[file], "wb") as f:
+            f.write(header + labels.astype(np.int8).tobytes())
+        yield
+
+    return setup
 
 
 def overlapping_test() -> dict[str, np.ndarray]:
@@ -297,6 +372,14 @@ SETUP = {
         features(x_val=np.random.default_rng(2).normal(size=(10, 6)).astype(np.float32), y_val=np.arange(10) % 5), logits()),
     "logits and checkpoint both": checkpoints,
     "DataParallel checkpoint of another architecture": data_parallel_checkpoint,
+    "teacher checkpoint that is no torch file": damaged_torch_files,
+    "teacher checkpoint cut short": damaged_torch_files,
+    "data .pt file that is text": damaged_torch_files,
+    "logits .pt file cut short": damaged_torch_files,
+    "IDX labels holding -1": idx_label(-1, "train_labels"),
+    "IDX label 10 of 10 classes": idx_label(10, "test_labels"),
+    "labels -1 from a data function": own_files(),
+    "float labels from a data function's Datasets": own_files(),
 
     "truncated IDX file": truncated_idx,
     "wrong IDX magic number": wrong_magic,
@@ -306,8 +389,13 @@ SETUP = {
 }
 
 
-def test_the_table_holds_at_least_15_cases():
-    assert len(CASES) >= 15
+def test_the_readme_counts_the_cases_of_this_table():
+    # The README's bad-input paragraph mirrors this table: its count is this table's, so a case added
+    # here (or removed) without the README saying so fails.
+    readme = (REPO / "README.md").read_text()
+    counted = re.search(r"the table in\s+`tests/test_bad_input.py` holds (\d+) cases", readme)
+    assert counted is not None, "README.md no longer points at this table"
+    assert int(counted.group(1)) == len(CASES)
 
 
 def test_every_setup_belongs_to_a_case():

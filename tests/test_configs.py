@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,7 +14,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF
+from conftest import CONF, REPO
+from hydra_plugins.kdsweep_sweeper._search_space import parse, probes
+from kdsweep.methods import make_loss
+from kdsweep.errors import ConfigError
+from kdsweep.models import build_network, count_parameters
+from kdsweep.own_data import load_dataset
+from kdsweep.run import settings_from_config
 
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
 # The user's own data (a file, a function) needs a path or a target: composed with one below.
@@ -27,17 +35,45 @@ def compose_config(*overrides: str, return_hydra_config: bool = False):
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def test_each_group_holds_the_files_the_docs_name():
-    assert GROUPS == {"data": ["arrays", "digits", "fashion_mnist", "function", "mnist"], "model": ["cnn", "hinton", "mlp"],
-                      "loss": ["ce", "dist", "dkd", "kd", "kd_ls"]}
-    assert NETS == {"model/student": ["mlp", "mlp_hinton", "mlp_tutorial"],
-                    "model/teacher/net": ["mlp_hinton", "mlp_tutorial", "small_cnn"]}
+# Groups whose options are files under kdsweep/conf (the launchers and hydra/sweeper=basic are plugins').
+DOCUMENTED_GROUPS = ("data", "model", "loss", "search", "study", "model/student", "model/teacher/net",
+                     "hydra/sweeper/pruner", "hydra/sweeper/sampler")
+
+
+def readme_options() -> list[tuple[str, str]]:
+    """(group, option) of every `group=option` in the README's kdsweep commands."""
+    lines = [ln for ln in (REPO / "README.md").read_text().splitlines() if "kdsweep.run" in ln]
+    pattern = r"(?:^|\s)\+?(" + "|".join(sorted(DOCUMENTED_GROUPS, key=len, reverse=True)) + r")=(\w+)"
+    return sorted({m for ln in lines for m in re.findall(pattern, ln)})
+
+
+@pytest.mark.parametrize("group,option", readme_options())
+def test_every_option_the_readmes_commands_name_exists_and_composes(group, option):
+    assert (CONF / group / f"{option}.yaml").is_file(), f"README names {group}={option}, which kdsweep lacks"
+    override = f"+{group}={option}" if group == "study" else f"{group}={option}"
+    compose_config(override, *([OWN_DATA[option]] if group == "data" and option in OWN_DATA else []),
+                   return_hydra_config=group.startswith("hydra/"))
+
+
+def tiny_arrays() -> dict[str, np.ndarray]:
+    """A data function for data=function: 30 train and 10 test rows of 4 features, 3 classes."""
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.normal(size=(30, 4)).astype(np.float32), "y_train": np.arange(30) % 3,
+            "x_test": rng.normal(size=(10, 4)).astype(np.float32), "y_test": np.arange(10) % 3}
 
 
 @pytest.mark.parametrize("data", list(OWN_DATA))
-def test_own_data_options_compose_with_their_one_required_key(data):
-    container = OmegaConf.to_container(compose_config(f"data={data}", OWN_DATA[data]), resolve=True)
-    assert container["data"]["source"] == {"arrays": "file", "function": "function"}[data]
+def test_own_data_options_need_their_one_key_and_then_load_the_users_data(data, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=("data.path" if data == "arrays" else "data.loader._target_") + " must be given"):
+        settings_from_config(compose_config(f"data={data}", "model=mlp"))
+    np.savez(tmp_path / "my.npz", **tiny_arrays())
+    monkeypatch.chdir(tmp_path)  # data.path is relative to the folder kdsweep runs from
+    key = {"arrays": "data.path=my.npz", "function": "data.loader._target_=test_configs.tiny_arrays"}[data]
+    settings = settings_from_config(compose_config(f"data={data}", key, "model=mlp", f"cache_dir={tmp_path}"))
+    loaded = load_dataset(settings.data, settings.make_data)
+    # Val carved from the 30 training rows by the default val_fraction of 0.2; the test rows as given.
+    assert (len(loaded.train), len(loaded.val), len(loaded.test), loaded.num_classes) == (24, 6, 10, 3)
+    assert torch.equal(loaded.test.x, torch.from_numpy(tiny_arrays()["x_test"]))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in NETS.items() for o in options])
@@ -72,10 +108,17 @@ def test_student_width_and_depth_are_plain_command_line_keys():
     assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)] == [32, 32, 10]
 
 
-def test_the_default_is_a_cnn_teacher_and_an_mlp_student_on_digits():
-    cfg = compose_config()
-    assert cfg.data.name == "digits" and cfg.loss.name == "kd"
-    assert cfg.model.teacher.net._target_.endswith("SmallCNN") and cfg.model.student._target_.endswith("MLP")
+def test_the_default_config_distils_a_larger_teacher_into_a_student_without_any_file(tmp_path):
+    # `python -m kdsweep.run` with no argument must run on a fresh install: data shipped with a
+    # dependency, a KD loss, a teacher network that has more parameters than the student it teaches.
+    settings = settings_from_config(compose_config(f"cache_dir={tmp_path}"))
+    data = load_dataset(settings.data, settings.make_data)
+    assert settings.loss.name == "kd" and settings.teacher.checkpoint is None and settings.teacher.logits is None
+    teacher = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes)
+    student = build_network(settings.make_student, "model.student", data.input_shape, data.num_classes)
+    for net in (teacher, student):
+        assert net(data.train.x[:2]).shape == (2, data.num_classes)
+    assert count_parameters(teacher) > count_parameters(student)
 
 
 def test_the_sweeper_has_every_option_written_out():
@@ -89,12 +132,18 @@ def test_the_sweeper_has_every_option_written_out():
     # Every option is written out; the sampler and pruner are chosen in the defaults list, their options
     # in their own files.
     assert set(written) - {"defaults"} == fields - {"sampler", "pruner"} and {"sampler": "tpe"} in written["defaults"]
-    assert {"pruner": "none"} in written["defaults"] and sweeper.pruner is None and sweeper.report_every == 1
-    assert sweeper.storage is None and sweeper.study_name is None  # sqlite under outputs/, named after the experiment
-    assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("maximize", 20, 1)
-    assert 0 < sweeper.max_failure_rate < 1
-    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
-    assert dict(sweeper.params) == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
+    # A trial returns its best val accuracy (kdsweep.run.main): the sweeper must maximise it.
+    assert sweeper.direction == "maximize"
+    assert sweeper.sampler.seed is not None  # the same command proposes the same trials
+
+
+def test_the_default_search_space_lets_optuna_try_only_values_the_loss_allows():
+    # Every end of every default range, as the sweeper probes them before the first trial.
+    sweeper = compose_config(return_hydra_config=True).hydra.sweeper
+    space = parse(dict(sweeper.params), [])
+    assert set(space.distributions) == {"loss.temperature", "loss.alpha"}
+    for point in probes(space.distributions):
+        make_loss({"_target_": "kdsweep.methods.KD", "temperature": point["loss.temperature"], "alpha": point["loss.alpha"]})
 
 
 def test_an_official_optuna_sweeper_config_works_with_one_line_changed(tmp_path):

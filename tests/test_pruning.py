@@ -24,7 +24,8 @@ from kdsweep import batched, trial
 from kdsweep.data import Split
 from kdsweep.errors import ConfigError, TrialPruned
 from kdsweep.methods import CE
-from kdsweep.pruning import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, PruningSettings, make_pruner, pruning_settings
+from kdsweep.pruning import (CURVE_SHARE, STORAGE_ENV, STUDY_ENV, TRIAL_ENV, PruningSettings, make_pruner,
+                             pruning_settings, should_stop_for)
 from kdsweep.run import EXIT_PRUNED
 from kdsweep.train import fit
 from test_batched import assert_matches_single, settings_for, single_run
@@ -78,12 +79,27 @@ ENV = {STORAGE_ENV: "sqlite:///x.db", STUDY_ENV: "s"}
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner"}
 
 
-def test_no_pruner_or_no_trial_number_means_no_pruning():
-    assert pruning_settings(None, 1, "3", ENV) is None  # hydra.sweeper.pruner: null
+def test_no_trial_number_means_no_reports_and_no_pruner_means_reports_only():
     assert pruning_settings(MEDIAN, 1, None, ENV) is None  # a single run: no Optuna trial
+    reports_only = pruning_settings(None, None, "3", ENV)  # hydra.sweeper.pruner: null, still a learning curve
+    assert (reports_only.pruner, reports_only.pruner_name, reports_only.trial_number) == (None, None, 3)
     settings = pruning_settings(MEDIAN, None, "3", ENV)
     assert (settings.trial_number, settings.study_name, settings.report_every) == (3, "s", 1)
     assert "sqlite" not in repr(settings)  # the URL may hold a password
+
+
+def test_without_a_pruner_reports_cost_at_most_their_share_of_the_training_time(tmp_path):
+    storage, _, (number,) = new_study(tmp_path, 1)
+    settings = pruning_settings(None, 1, str(number), {STORAGE_ENV: storage, STUDY_ENV: "pruning"})
+    # A scripted clock, in seconds: the first report takes 1 s; from its end, 1 / CURVE_SHARE = 20 s of
+    # training must pass before the next. Epoch 2 comes 9 s after it (skipped: one clock read), epoch 3
+    # 20 s after (reported, taking 0.5 s); then 10 s is enough: epoch 4 at +8.5 s is skipped, 5 at +10 s reported.
+    readings = iter([0.0, 1.0, 10.0, 21.0, 21.5, 30.0, 31.5, 31.6])
+    should_stop = should_stop_for(settings, clock=lambda: next(readings))
+    assert CURVE_SHARE == 0.05
+    assert [should_stop(epoch, epoch / 10) for epoch in range(1, 6)] == [False] * 5  # never pruned: no pruner
+    assert intermediate_values(storage, number) == {1: 0.1, 3: 0.3, 5: 0.5}
+    assert next(readings, None) is None  # every reading was used: one per skip, two per report
 
 
 @pytest.mark.parametrize("pruner,report_every,number,env,message", [

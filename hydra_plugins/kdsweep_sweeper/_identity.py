@@ -2,8 +2,11 @@
 
 The identity is the composed configuration of a trial without the swept keys (each trial sets those)
 and without keys that cannot change a trial's result (NEUTRAL_KEYS, and everything under `hydra`),
-together with the search space. It hashes the configuration, not the command line: editing a YAML
-file (say, the student's width in kdsweep/conf/model/cnn.yaml) makes a different study. The study
+together with the search space, and the contents of what the config names and a trial reads (_inputs:
+a data file, a teacher checkpoint, a teacher's logits file, a data function's output, the code of the
+user's own classes). It hashes the configuration, not the command line: editing a YAML
+file (say, the student's width in kdsweep/conf/model/cnn.yaml) makes a different study, and so does a
+data file rewritten in place under the same path. The study
 keeps it as a user attribute, so `optuna studies`, `optuna-dashboard` and a later sweep see what
 the study is, and a sweep that finds a study made for another configuration says so.
 """
@@ -13,19 +16,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from kdsweep.errors import ConfigError
 
+from hydra_plugins.kdsweep_sweeper._inputs import changed, select as _select, user_inputs
+
 # Keys that change where or how fast a trial runs, never its result.
-NEUTRAL_KEYS = ("cache_dir", "train.num_threads")
+NEUTRAL_KEYS = ("cache_dir", "train.num_threads", "tracker")  # tracker: where trials are logged (a Hydra callback)
 CONFIG_ATTR = "kdsweep_config"  # the identity's configuration, as a study user attribute
 SPACE_ATTR = "kdsweep_search_space"
-IDENTITY_ATTR = "kdsweep_identity"  # the hash of both
+FILES_ATTR = "kdsweep_files"  # what the config names and its contents' hash (see _inputs.user_inputs)
+IDENTITY_ATTR = "kdsweep_identity"  # the hash of all three
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,10 @@ class Identity:
     config: dict[str, Any]  # the composed task config without swept and neutral keys, resolved
     space: dict[str, str]  # parameter -> its distribution, as text
     digest: str
+    files: dict[str, str] = field(default_factory=dict)  # _inputs.user_inputs: key -> its contents' hash
 
     def attrs(self) -> dict[str, Any]:
-        return {CONFIG_ATTR: self.config, SPACE_ATTR: self.space, IDENTITY_ATTR: self.digest}
+        return {CONFIG_ATTR: self.config, SPACE_ATTR: self.space, FILES_ATTR: self.files, IDENTITY_ATTR: self.digest}
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -47,21 +55,33 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
     tree.pop(leaf, None)
 
 
-def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str, str]) -> Identity:
+def identity(config: Mapping[str, Any], swept: Sequence[str], space: Mapping[str, str],
+             objectives: Mapping[str, str] | None = None) -> Identity:
     """The identity of a study over `space` of the composed task config `config` (no `hydra` node).
 
     Args:
         config: the task config as plain containers, interpolations resolved.
         swept: the keys the sweep sets per trial (left out: they are the search space's).
         space: the search space, parameter -> distribution as text.
+        objectives: objective -> direction for a study of hydra.sweeper.objectives (kept with the search
+            space, so such a study gets a name of its own); None: the default objective, which leaves
+            the identity of every study made before objectives existed as it was.
+
+    Raises:
+        DataError: a file the config names does not exist, or the data function fails.
     """
     tree = json.loads(json.dumps(config, sort_keys=True, default=str))  # a deep copy of plain values
+    files = user_inputs(tree, swept)
     for key in (*swept, *NEUTRAL_KEYS):
         _drop(tree, key.lstrip("+~"))
     tree.pop("hydra", None)
     space = dict(sorted(space.items()))
-    digest = hashlib.sha256(json.dumps([tree, space], sort_keys=True).encode()).hexdigest()
-    return Identity(tree, space, digest)
+    if objectives:
+        space["objectives"] = ", ".join(f"{d} {o}" for o, d in objectives.items())
+    # Without user files the digest is what it was before files counted: such studies keep their names.
+    hashed = [tree, space, files] if files else [tree, space]
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
+    return Identity(tree, space, digest, files)
 
 
 def _slug(text: str) -> str:
@@ -92,29 +112,53 @@ def study_name(ident: Identity, choices: Mapping[str, Any], changed: Mapping[str
     return "-".join(parts + [ident.digest[:8]])
 
 
-def check_study(study: optuna.Study, ident: Identity, direction: str, shown_storage: str) -> bool:
+def check_study(study: optuna.Study, ident: Identity, directions: Sequence[str], shown_storage: str,
+                objectives: Sequence[str] | None = None) -> bool:
     """Check that an existing `study` is this experiment's; True if it was new (no identity yet).
 
+    objectives: the metrics.json figures the study optimizes (hydra.sweeper.objectives), recorded as
+    Optuna's metric names; None: the one default objective (a study without metric names).
+
     Raises:
-        ConfigError: the study optimizes in the other direction, or was made for another
-            configuration or search space (the differing keys named), with the way out.
+        ConfigError: the study optimizes in other directions or other objectives, or was made for
+            another configuration or search space (the differing keys named), with the way out.
     """
     name = study.study_name
     have = [d.name.lower() for d in study.directions]
-    if have != [direction]:
+    shown = directions[0] if len(directions) == 1 else f"[{','.join(directions)}]"
+    if have != list(directions):
         raise ConfigError(
-            f"study {name} in {shown_storage} was created to {' and '.join(have)} its objective, but "
-            f"hydra.sweeper.direction={direction}. A study's direction cannot change: set "
-            f"hydra.sweeper.direction={have[0]} to continue it, or give the new search a study of its own "
-            f"with hydra.sweeper.study_name=NEW_NAME."
+            f"study {name} in {shown_storage} was created to {' and '.join(have)} its objective"
+            f"{'s' if len(have) > 1 else ''}, but hydra.sweeper.direction={shown}. A study's direction cannot change: set "
+            f"hydra.sweeper.direction={have[0] if len(have) == 1 else '[' + ','.join(have) + ']'} to continue it, or "
+            f"give the new search a study of its own with hydra.sweeper.study_name=NEW_NAME."
         )
+    recorded = study.metric_names  # None: the default objective, the job's val accuracy
+    wanted = list(objectives) if objectives is not None else None
+    if recorded is None and wanted is not None and not study.get_trials(deepcopy=False):
+        with warnings.catch_warnings():  # "experimental since v3.2": the only way Optuna records the names
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(wanted)  # a new study: record what it optimizes
+    elif (list(recorded) if recorded is not None else None) != wanted:
+        def spell(names: Sequence[str] | None) -> str:
+            return "null (the best val accuracy the job returns)" if names is None else f"[{','.join(names)}]"
+        raise ConfigError(
+            f"study {name} in {shown_storage} optimizes hydra.sweeper.objectives={spell(recorded)}, but this sweep "
+            f"sets hydra.sweeper.objectives={spell(wanted)}. A study's objectives cannot change: set them back to "
+            f"continue it, or give the new search a study of its own with hydra.sweeper.study_name=NEW_NAME.")
     stored = study.user_attrs.get(IDENTITY_ATTR)
     if stored is None:
         return True
     if stored == ident.digest:
         return False
     old_config, old_space = study.user_attrs.get(CONFIG_ATTR, {}), study.user_attrs.get(SPACE_ATTR, {})
-    diffs = _differences(old_config, ident.config) + [
+    old_files = study.user_attrs.get(FILES_ATTR, {})
+    diffs = [
+        f"{changed(k, _select(ident.config, k))} since the study began (sha256 {str(old_files.get(k))[:12]} -> "
+        f"{str(ident.files.get(k))[:12]})"
+        for k in sorted(set(old_files) | set(ident.files))
+        if old_files.get(k) != ident.files.get(k) and _select(old_config, k) == _select(ident.config, k)
+    ] + _differences(old_config, ident.config) + [
         f"search space {k}: {old_space.get(k)} -> {ident.space.get(k)}"
         for k in sorted(set(old_space) | set(ident.space)) if old_space.get(k) != ident.space.get(k)
     ]

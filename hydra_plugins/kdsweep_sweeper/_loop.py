@@ -6,9 +6,9 @@ study's identity derived from the composed config (identity), and the study open
 its storage (storage). Each round, under the claim lock (workers): trials left RUNNING by a dead
 worker are failed, the finished (COMPLETE or PRUNED) and RUNNING trials counted, and as many trials
 asked as are missing (at most n_jobs); the launcher runs them; each result is told (report: a line per
-trial). With a pruner (pruning): the jobs report to their Optuna trials and stop when pruned; a pruned
-job is told PRUNED, counts as finished (Optuna's convention for n_trials), not against the failure
-budget, and is never the best trial.
+trial). Every job reports its val accuracy per epoch to its Optuna trial (pruning); with a pruner, it
+stops when pruned: a pruned job is told PRUNED, counts as finished (Optuna's convention for
+n_trials), not against the failure budget, and is never the best trial.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.errors import ConfigError, KDSweepError, TrialPruned
 
-from hydra_plugins.kdsweep_sweeper import _identity, _pruning
+from hydra_plugins.kdsweep_sweeper import _callbacks, _folders, _grid, _identity, _objectives, _options, _pruning
 from hydra_plugins.kdsweep_sweeper import _report
+from hydra_plugins.kdsweep_sweeper._grid import Grid
 from hydra_plugins.kdsweep_sweeper._samplers import quiet_optuna, sampler_factory
 from hydra_plugins.kdsweep_sweeper._search_space import SearchSpace, job_overrides, parse, probes
 from hydra_plugins.kdsweep_sweeper._storage import StorageURL, close, open_storage, set_hydra_override, storage_url
@@ -57,7 +58,7 @@ class SweepInterrupted(BaseException):
 class SweepOptions:
     """`hydra.sweeper`'s options as plain values (the storage URL with its password)."""
 
-    direction: str
+    directions: tuple[str, ...]  # one per objective; one: the best val accuracy's
     study_name: str | None
     storage: Any
     n_trials: int
@@ -70,6 +71,7 @@ class SweepOptions:
     stale_after: float
     pruner: dict[str, Any] | None = None  # the hydra.sweeper.pruner node (each job builds the pruner)
     report_every: int = 1
+    objectives: tuple[str, ...] | None = None  # metrics.json figures to optimize (_objectives); None: the job's return value
 
 
 def checked_options(options: dict[str, Any]) -> SweepOptions:
@@ -78,6 +80,7 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
     Raises:
         ConfigError: naming the key, the value and what is allowed.
     """
+    _callbacks.refuse_unknown(options)
     for key in ("n_trials", "n_jobs"):
         value = options.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -85,19 +88,16 @@ def checked_options(options: dict[str, Any]) -> SweepOptions:
     rate = options.get("max_failure_rate")
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
         raise ConfigError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1], but got {rate!r}.")
-    direction = options.get("direction")
-    if isinstance(direction, (list, tuple)) and len(direction) == 1:
-        direction = direction[0]
-    direction = str(getattr(direction, "name", direction)).lower()
-    if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"hydra.sweeper.direction must be maximize or minimize (a trial returns one number, the "
-                          f"best val accuracy), but got hydra.sweeper.direction={options.get('direction')!r}.")
+    directions, objectives = _objectives.checked_objectives(options.get("direction"), options.get("objectives"),
+                                                            options.get("pruner"))
     if options.get("search_space"):
         raise ConfigError("hydra.sweeper.search_space is the official plugin's retired form; write the search "
                           "space as hydra.sweeper.params in Hydra's sweep grammar, e.g. loss.temperature: interval(1, 16).")
     _pruning.checked_pruner(options.get("pruner"), options.get("report_every", 1))
+    _folders.check_study_name(options.get("study_name"))
+    _options.check_options(options)
     return SweepOptions(
-        direction=direction, study_name=options.get("study_name"), storage=options.get("storage"),
+        directions=directions, objectives=objectives, study_name=options.get("study_name"), storage=options.get("storage"),
         n_trials=options["n_trials"], n_jobs=options["n_jobs"], max_failure_rate=float(rate),
         params=dict(options.get("params") or {}), custom_search_space=options.get("custom_search_space"),
         sampler=options.get("sampler"), heartbeat_interval=float(options.get("heartbeat_interval", 30)),
@@ -154,8 +154,8 @@ def open_study(where: StorageURL, name: str, opts: SweepOptions, ident: _identit
         storage = open_storage(where)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(study_name=name, storage=storage, direction=opts.direction, load_if_exists=True)
-    if _identity.check_study(study, ident, opts.direction, where.shown):
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(opts.directions), load_if_exists=True)
+    if _identity.check_study(study, ident, opts.directions, where.shown, opts.objectives):
         if study.get_trials(deepcopy=False):
             log.warning("Study %s records no kdsweep configuration (made by an earlier kdsweep or by hand): it is "
                         "taken as this experiment's, and the configuration is recorded", name)
@@ -215,15 +215,21 @@ def own_errors(trials: list[FrozenTrial], since: int) -> list[FrozenTrial]:
 
 def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: int, space: SearchSpace,
         make_sampler: Callable[[int], optuna.samplers.BaseSampler],
-        extend: Callable[[optuna.Trial], None] | None) -> tuple[list[optuna.Trial], int, int]:
-    """Under the claim lock: fail abandoned trials, count, and ask for as many as are missing."""
+        extend: Callable[[optuna.Trial], None] | None, grid: Grid | None = None) -> tuple[list[optuna.Trial], int, int]:
+    """Under the claim lock: fail abandoned trials, count, and ask for as many as are missing.
+    A grid counts points (each once, however many trials it holds), not trials, and asks no more
+    than the points left to run (`Grid.available`)."""
     with claim_lock(study._storage, where, study.study_name):  # noqa: SLF001
         fail_abandoned(study, opts.stale_after)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
+        room = n_trials - finished - running
+        if grid is not None:
+            finished, running = grid.progress(trials)
+            room = min(n_trials - finished - running, grid.available(trials))
         asked = []
-        for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, n_trials - finished - running))):
+        for number in range(len(trials), len(trials) + max(0, min(opts.n_jobs, room))):
             study.sampler = make_sampler(number)  # the next trial's number: reseeded per trial
             trial = study.ask(fixed_distributions=space.distributions)
             if extend is not None:
@@ -233,7 +239,8 @@ def ask(study: optuna.Study, where: StorageURL, opts: SweepOptions, n_trials: in
         return asked, finished, running
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -> None:
+def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path,
+         objectives: tuple[str, ...] | None = None) -> None:
     """Record one finished job: its value and metrics, PRUNED, or FAIL with the reason (never a NaN)."""
     # JobReturn.return_value writes Hydra's "Error executing job with overrides" to stderr before it
     # re-raises a job's exception: right for a failure, noise for a pruned trial, which is no error.
@@ -245,6 +252,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -
         value = float(ret.return_value)  # re-raises the job's exception
         if not math.isfinite(value):
             raise ValueError(f"the objective is {value}; a non-finite value is never handed to Optuna")
+        told = value if objectives is None else _objectives.values(output_dir, objectives)
     except Exception as e:
         reason = _first_paragraph(e)
         log.warning("Trial %d failed: %s", trial.number, reason, exc_info=not isinstance(e, KDSweepError))
@@ -252,7 +260,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: Any, output_dir: Path) -
         fail(study, trial, reason)
         return
     _report.record_metrics(trial, output_dir)
-    study.tell(trial, value)
+    if objectives is not None:
+        trial.set_user_attr(_objectives.OBJECTIVES_ATTR, dict(zip(objectives, told)))
+    study.tell(trial, told)
 
 
 def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options: dict[str, Any],
@@ -260,11 +270,13 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     """The whole sweep; see the module docstring. Raises KDSweepError for what the user can fix."""
     quiet_optuna()
     opts = checked_options(options)
+    callbacks, stopped = _callbacks.build_callbacks(options.get("callbacks")), False  # Optuna's, after each trial
     space = parse(opts.params, arguments)
     if not space.distributions and not opts.custom_search_space:
         raise ConfigError("the sweep searches nothing: hydra.sweeper.params is empty and no override on the command "
                           "line is a sweep. Give one, e.g. loss.temperature=interval(1,16).")
-    make_sampler, grid_size = sampler_factory(opts.sampler, space.distributions)
+    make_sampler, grid = sampler_factory(opts.sampler, space.distributions)
+    grid_size = None if grid is None else grid.size
     n_trials = opts.n_trials if grid_size is None else min(opts.n_trials, grid_size)
     extend = None
     if opts.custom_search_space:
@@ -274,7 +286,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             function(config, trial)
 
     task = check_search_space(context, config, space)
-    ident = _identity.identity(task, list(space.distributions), space.describe())
+    ident = _identity.identity(task, list(space.distributions), space.describe(),
+                               dict(zip(opts.objectives, opts.directions)) if opts.objectives else None)
     name = opts.study_name or _identity.study_name(ident, config.hydra.runtime.choices, space.fixed)
     # Every job composes its config with it, so hydra.sweep.dir=.../${hydra.sweeper.study_name} (the
     # default) is the study's own folder in every trial and every worker.
@@ -282,12 +295,14 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     where = storage_url(opts.storage, str(config.hydra.runtime.cwd))
     study = open_study(where, name, opts, ident)
     sweep_dir = Path(str(config.hydra.sweep.dir))
+    _folders.claim_sweep_dir(study, where, sweep_dir)  # refuses a folder that holds another study's trials
     sampler_name = type(make_sampler(0)).__name__.lstrip("_")
-    log.info("Study %s in %s: %s the objective with %s, %d finished (COMPLETE or PRUNED) trials as the target "
-             "(shared by every worker); trial folders in %s", name, where.shown, opts.direction, sampler_name,
+    log.info("Study %s in %s: %s with %s, %d finished (COMPLETE or PRUNED) trials as the target "
+             "(shared by every worker); trial folders in %s", name, where.shown,
+             _objectives.describe(opts.directions, opts.objectives), sampler_name,
              n_trials, sweep_dir)
+    _pruning.hand_to_jobs(where, name)  # every trial reports its learning curve; a pruner also stops some
     if opts.pruner is not None:
-        _pruning.hand_to_jobs(where, name)
         log.info("Pruner %s: each trial reports its val accuracy every %d epoch(s)",
                  str(opts.pruner["_target_"]).rsplit(".", 1)[-1], opts.report_every)
     if grid_size is not None and n_trials < opts.n_trials:
@@ -305,14 +320,16 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     waiting, started, finished_here = False, time.monotonic(), 0
     try:
         while True:
-            trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend)
+            trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend, grid)
             if not trials:
-                if finished >= n_trials:
-                    if finished_here == 0 and not waiting:
+                if finished >= n_trials or running == 0:  # short of n_trials: a grid's failed points
+                    if finished_here == 0 and not waiting and finished >= n_trials:
                         log.info("Study %s already holds %d finished trials (n_trials=%d): nothing to run. To add "
                                  "trials, raise hydra.sweeper.n_trials (a sampler or pruner changed since applies "
                                  "to the new trials only); for a new study, set hydra.sweeper.study_name.",
                                  name, finished, n_trials)
+                    if grid is not None:
+                        log.info(_grid.end_line(finished, grid.size, n_trials, grid.failed_points()))
                     break
                 if not waiting:
                     log.info("Waiting: %d trials are RUNNING in other workers, %d finished", running, finished)
@@ -330,13 +347,13 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                         job.append(f"hydra.sweep.subdir={trial.number}")
                     if threads is not None:
                         job.append(f"train.num_threads={threads}")
-                    if opts.pruner is not None:
-                        job.append(_pruning.trial_override(trial.number))
+                    job.append(_pruning.trial_override(trial.number))
                     jobs.append(job)
                 returns = launcher.launch(jobs, initial_job_idx=trials[0].number)
                 for trial, ret in zip(trials, returns):
-                    tell(study, trial, ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)))
+                    tell(study, trial, ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)), opts.objectives)
                     told.add(trial.number)
+                    stopped = _callbacks.call(callbacks, study, trial) or stopped
             except BaseException as e:  # Ctrl-C, SIGTERM, a launcher error: leave nothing RUNNING
                 for trial in trials:
                     if trial.number not in told:
@@ -351,6 +368,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             for trial in trials:
                 log.info(_report.trial_line(now[trial.number], *counts, n_trials, pace))
             errors = own_errors(now, since)  # the trials read for the lines above
+            if grid is not None:
+                grid.no_retry(errors)  # a point that failed by its own fault waits for the next run
             if len(errors) > budget:
                 raise KDSweepError(
                     f"{len(errors)} trials of study {name} failed since this worker started, more than max_failure_rate="
@@ -358,6 +377,9 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                     f"{errors[-1].user_attrs.get(_report.REASON_ATTR)} Fix the cause and run the same command "
                     "again: the finished trials are kept (or raise hydra.sweeper.max_failure_rate)."
                 )
+            if stopped:
+                log.info("A callback in hydra.sweeper.callbacks called study.stop(): the sweep ends here")
+                break
     finally:
         heartbeat.close()
         if main_thread:
@@ -365,8 +387,11 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     # Only COMPLETE trials compete for the best: a PRUNED trial's value is its last report, before it finished.
     complete_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n_pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-    text, results = _report.summary(name, where.shown, complete_trials, opts.direction == "maximize", sweep_dir,
-                                    n_pruned)
+    if opts.objectives is None:
+        text, results = _report.summary(name, where.shown, complete_trials, opts.directions == ("maximize",), sweep_dir,
+                                        n_pruned)
+    else:  # the Pareto front (a single objective: its best trials)
+        text, results = _objectives.front_summary(name, where.shown, study, opts.objectives, opts.directions, sweep_dir)
     _report.write_results(sweep_dir, results)
     log.info(text)
     close(study._storage)  # noqa: SLF001

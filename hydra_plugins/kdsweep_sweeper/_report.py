@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,11 @@ def trial_line(trial: FrozenTrial, complete: int, pruned: int, n_trials: int, se
     if trial.state == TrialState.PRUNED:
         what = (f"pruned at epoch {attrs.get('pruned_epoch')}, best val so far {g4(attrs.get('val_acc'))} "
                 f"(its metrics.json says \"status\": \"pruned\")")
-    elif trial.value is None:
+    elif trial.values is None:
         what = f"FAIL: {attrs.get(REASON_ATTR, 'no reason recorded')}"
     else:
-        what = f"val {g4(attrs.get('val_acc', trial.value))}, test {g4(attrs.get('test_acc'))}"
+        what = f"val {g4(attrs.get('val_acc', trial.values[0]))}, test {g4(attrs.get('test_acc'))}"
+        what += "".join(f", {k} {g4(v)}" for k, v in attrs.get("objectives", {}).items() if k != "best_val_acc")
         if attrs.get("gain") is not None:
             what += f", gain {attrs['gain']:+.4g} over the baseline's {g4(attrs.get('baseline_test_acc'))}"
     left = n_trials - complete - pruned
@@ -128,7 +130,7 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
         f"  val acc {g4(trial.value)}, test acc {g4(a.get('test_acc'))}{gain}",
         f"  {ties}",
         where,
-        f"  analyse: python -m kdsweep.analysis {sweep_dir}",
+        f"  analyse: python -m kdsweep.analysis {shlex.quote(str(sweep_dir))}",
     ]
     return "\n".join(lines), results
 

@@ -4,7 +4,9 @@ A sampler seeded once per process replays its first points in every process: a r
 study, or a second worker, would try trial 0's T and alpha again. So the loop builds the sampler
 afresh before each ask, seeded from (seed, trial number): reproducible, and different per trial.
 Samplers whose order is shared through the study (grid, QMC) keep the seed as given, the same in
-every worker, as Optuna asks for distributed runs.
+every worker, as Optuna asks for distributed runs. The grid is kdsweep's own (`_grid`): it gives each
+trial the next point that holds no finished or RUNNING trial, read from the study, never from
+Optuna's GridSampler's account of the points it handed out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from optuna.samplers import BaseSampler, GridSampler
 
 from kdsweep.errors import ConfigError
 
+from hydra_plugins.kdsweep_sweeper import _grid
 from hydra_plugins.kdsweep_sweeper._search_space import grid
 
 NAMES = {  # the sampler group's files, for messages
@@ -31,19 +34,14 @@ SHARED_SEED = {"GridSampler", "QMCSampler"}  # the seed orders a sequence that e
 SEED_STRIDE = 7919  # a prime: (seed + stride * number) differs for every trial number
 
 
-class _GridSampler(GridSampler):
-    """GridSampler without `study.stop()` after the last point: stopping is the loop's job (n_trials
-    is capped at the grid's size), and Optuna's `stop` raises outside `study.optimize`."""
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        pass
-
-
 SamplerFactory = Callable[[int], BaseSampler]
 
 
-def sampler_factory(node: Mapping[str, Any] | None, distributions: Mapping[str, Any]) -> tuple[SamplerFactory, int | None]:
-    """A function from trial number to sampler, and the grid's size (None for other samplers).
+def sampler_factory(node: Mapping[str, Any] | None, distributions: Mapping[str, Any]) -> tuple[SamplerFactory, _grid.Grid | None]:
+    """A function from trial number to sampler, and the grid (None for other samplers).
+
+    The grid (hydra/sweeper/sampler=grid, optuna.samplers.GridSampler's options) is run by
+    `_grid.GridSampler`, which reads the points still to run from the study itself.
 
     Args:
         node: `hydra.sweeper.sampler` as a plain dict: `_target_` (an optuna.samplers class) and its
@@ -73,17 +71,18 @@ def sampler_factory(node: Mapping[str, Any] | None, distributions: Mapping[str, 
         raise ConfigError(f"hydra.sweeper.sampler: {class_name} takes no option {', '.join(unknown)}; its options are "
                           f"{', '.join(sorted(allowed))}. (Choosing another sampler: hydra/sweeper/sampler=NAME, "
                           f"{choices}, replaces the options as a whole.)")
-    size = None
+    points = None
     if issubclass(cls, GridSampler):
-        values = grid(distributions)
-        cls, options = _GridSampler, {**options, "search_space": values}
-        size = 1
-        for v in values.values():
-            size *= len(v)
+        if "search_space" in options:
+            raise ConfigError("hydra.sweeper.sampler.search_space: the grid's values come from the sweep's params "
+                              "(hydra.sweeper.params or the command line's choice/range sweeps), not the sampler.")
+        points = _grid.Grid(grid(distributions), distributions, options.get("seed"))
     seed = options.get("seed")
     shared = class_name in SHARED_SEED
 
     def make(number: int) -> BaseSampler:
+        if points is not None:
+            return _grid.GridSampler(points)
         kwargs = dict(options)
         if seed is not None and not shared:
             kwargs["seed"] = (int(seed) + SEED_STRIDE * number) % 2**32
@@ -100,7 +99,7 @@ def sampler_factory(node: Mapping[str, Any] | None, distributions: Mapping[str, 
                           "Reinstall kdsweep (pip install kdsweep), which depends on it.") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"hydra.sweeper.sampler: {class_name}({options}) is refused by Optuna: {e}") from None
-    return make, size
+    return make, points
 
 
 def quiet_optuna() -> None:

@@ -7,8 +7,8 @@ node, so that choosing another sampler replaces its options instead of merging i
 """
 # No `from __future__ import annotations`: Hydra's ConfigStore reads these annotations as types.
 
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -22,8 +22,11 @@ class KDSweepSweeperConf:
     # optuna.samplers.X's keyword arguments, with `_target_`: chosen in kdsweep.yaml's defaults list
     # (`- sampler: tpe`), or with hydra/sweeper/sampler=NAME.
     sampler: Any = None
-    # kdsweep's objective, the best val accuracy, is maximized. One direction: a trial returns one number.
+    # kdsweep's objective, the best val accuracy, is maximized. With `objectives`, a list: one direction each.
     direction: Any = "maximize"
+    # null: the best val accuracy the job returns. A list of metrics.json figures (best_val_acc, student_params,
+    # student_latency_ms, ...; _objectives.py): a multi-objective study, whose end lists its Pareto front.
+    objectives: Any = None
     storage: Optional[str] = None
     study_name: Optional[str] = None
     n_trials: int = 20
@@ -46,6 +49,9 @@ class KDSweepSweeperConf:
     pruner: Any = None
     # Epochs between a trial's reports of its val accuracy to its Optuna trial (and pruning checks).
     report_every: int = 1
+    # Optuna callbacks, `_target_` nodes, each called as callback(study, frozen_trial) after every trial
+    # (as study.optimize(callbacks=...) calls them): _callbacks.py.
+    callbacks: List[Any] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="kdsweep_optuna", node=KDSweepSweeperConf, provider="kdsweep")

@@ -40,6 +40,8 @@ class KDSweepSweeper(Sweeper):
         except KDSweepError as e:  # a problem the user can fix: one paragraph, no traceback
             sys.exit(f"kdsweep: error: {e}")
         except (KeyboardInterrupt, SweepInterrupted) as e:
+            from kdsweep.commands import this_command
+
             print(f"kdsweep: interrupted ({type(e).__name__}); the running trials are marked failed. "
-                  "Run the same command again to resume: finished trials are kept.", file=sys.stderr)
+                  f"Run the same command again to resume: finished trials are kept.\n  {this_command()}", file=sys.stderr)
             sys.exit(130)

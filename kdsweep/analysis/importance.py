@@ -1,11 +1,9 @@
 """Which parameter matters: Optuna's parameter importances of val accuracy, from a study or from trials.
 
 fANOVA (Hutter et al. 2014) fits a random forest to (parameters -> val accuracy) and splits the
-forest's variance between the parameters (under Optuna 2.10, whose fANOVA fails with current
-scikit-learn, the same forest's mean decrease in impurity stands in for it, and says so);
-PED-ANOVA (Watanabe et al. 2023, Optuna >= 3.6) compares
+forest's variance between the parameters; PED-ANOVA (Watanabe et al. 2023) compares
 the parameters' distribution in the best trials with that over all of them. Both are Optuna's own
-(`optuna.importance.get_param_importances`), written against the API of Optuna 2.10 to 5. With a few
+(`optuna.importance.get_param_importances`, Optuna >= 4 as kdsweep requires). With a few
 dozen trials the importances are rough: read them as an ordering, not as percentages to the point.
 """
 
@@ -54,7 +52,7 @@ def study_from_trials(trials: pd.DataFrame) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # create_trial and add_trial are "experimental" in Optuna 2.10
+        warnings.simplefilter("ignore")  # Optuna's experimental-API warnings
         for _, row in kd.iterrows():
             study.add_trial(optuna.trial.create_trial(
                 params={c: float(row[c]) for c in params}, distributions=distributions, value=float(row["best_val_acc"])))
@@ -65,22 +63,18 @@ def _distribution(name: str, values: pd.Series) -> optuna.distributions.BaseDist
     import optuna.distributions as d
 
     low, high, log = float(values.min()), float(values.max()), name in LOG_SCALE and values.min() > 0
-    if hasattr(d, "FloatDistribution"):  # Optuna >= 3
-        return d.FloatDistribution(low, high, log=log)
-    return d.LogUniformDistribution(low, high) if log else d.UniformDistribution(low, high)
+    return d.FloatDistribution(low, high, log=log)
 
 
-METHODS = {"fanova": "fANOVA", "mean_decrease_impurity": "mean decrease impurity", "ped_anova": "PED-ANOVA"}
+METHODS = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}
 
 
 def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
     """Importance of each searched parameter for the study's objective, one row per parameter.
 
-    Columns: `parameter`, then one column of shares (summing to 1) per method that ran: `fanova`
-    (random forest seeded by `seed`) or, where the installed Optuna's fANOVA fails (Optuna 2.10 reads
-    the forest's node values in a layout scikit-learn >= 1.3 changed), `mean_decrease_impurity` (the
-    same forest's impurity decrease); and `ped_anova` where Optuna has it (>= 3.6). Sorted by the first,
-    largest first; `n_trials` is the number of COMPLETE trials used. Raises NothingToCompare when Optuna
+    Columns: `parameter`, then one column of shares (summing to 1) per method: `fanova` (random forest
+    seeded by `seed`) and `ped_anova` (NaN where the trials are too few for its top quantile). Sorted by
+    fanova, largest first; `n_trials` is the number of COMPLETE trials used. Raises NothingToCompare when Optuna
     cannot rank them (fewer than MIN_TRIALS complete trials, or no parameter that varies).
     """
     import optuna.importance as imp
@@ -89,26 +83,19 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n < MIN_TRIALS:
         raise NothingToCompare(f"{n} complete trials are too few to rank parameters (at least {MIN_TRIALS})")
-    forest = {}
-    for method, evaluator in (("fanova", imp.FanovaImportanceEvaluator),
-                              ("mean_decrease_impurity", imp.MeanDecreaseImpurityImportanceEvaluator)):
-        try:
-            forest = {method: _importances(study, evaluator(seed=seed))}
-            break
-        except (ValueError, RuntimeError, IndexError) as e:
-            error = e
-    if not forest:
-        raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: {error}")
-    (method, shares), = forest.items()
+    method = "fanova"
+    try:
+        shares = _importances(study, imp.FanovaImportanceEvaluator(seed=seed))
+    except (ValueError, RuntimeError, IndexError) as e:
+        raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: {e}") from None
     if not shares:
         raise NothingToCompare(f"Optuna cannot rank the parameters of {n} complete trials: none varies")
     table = pd.DataFrame({"parameter": list(shares), method: list(shares.values())})
-    if hasattr(imp, "PedAnovaImportanceEvaluator"):  # Optuna >= 3.6
-        try:
-            ped = _importances(study, imp.PedAnovaImportanceEvaluator())
-            table["ped_anova"] = [ped.get(p, math.nan) for p in table["parameter"]]
-        except (ValueError, RuntimeError, IndexError):  # too few trials for its top quantile
-            table["ped_anova"] = math.nan
+    try:
+        ped = _importances(study, imp.PedAnovaImportanceEvaluator())
+        table["ped_anova"] = [ped.get(p, math.nan) for p in table["parameter"]]
+    except (ValueError, RuntimeError, IndexError):  # too few trials for its top quantile
+        table["ped_anova"] = math.nan
     table["n_trials"] = n
     return table.sort_values(method, ascending=False, ignore_index=True)
 
@@ -137,4 +124,8 @@ def _importances(study: optuna.Study, evaluator: object) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental-API warnings
-        return {p: float(v) for p, v in imp.get_param_importances(study, evaluator=evaluator).items()}
+        # A multi-objective study (hydra.sweeper.objectives): the importances for its val accuracy.
+        names = study.metric_names or []
+        target = None if len(study.directions) == 1 or "best_val_acc" not in names else (
+            lambda t, i=names.index("best_val_acc"): t.values[i])
+        return {p: float(v) for p, v in imp.get_param_importances(study, evaluator=evaluator, target=target).items()}

@@ -139,7 +139,9 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
             return skip(f"metrics.json is incomplete (no {section}.{missing[0]})")
     status = metrics.get("status", "complete")  # written by kdsweep since pruning; earlier trials all completed
     config = loss_columns(metrics["config"])
-    return {**config, **metrics["results"], **metrics["timings"], "status": status, "path": str(folder)}
+    # size: the student's and teacher's measured size and speed (kdsweep.profiling), flat student_*/teacher_* keys
+    return {**config, **(metrics.get("size") or {}), **metrics["results"], **metrics["timings"],
+            "status": status, "path": str(folder)}
 
 
 def loss_columns(config: dict[str, Any]) -> dict[str, Any]:
@@ -230,32 +232,28 @@ def infer_count(accuracies: Iterable[float], max_count: int = 100_000, min_disti
 # ---------------------------------------------------------------------------------------------- studies
 
 def open_study(storage: str, study_name: str | None = None) -> optuna.Study:
-    """The Optuna study `study_name` in `storage` (an SQLAlchemy URL such as sqlite:///outputs/optuna.db).
+    """The Optuna study `study_name` in `storage`: any URL the sweeper's hydra.sweeper.storage takes
+    (sqlite:///outputs/optuna.db, postgresql://..., journal:///outputs/optuna.journal), opened by the
+    same opener (kdsweep.storage.open_storage).
 
     With `study_name` None the storage must hold exactly one study. Raises FileNotFoundError for an
-    SQLite file that does not exist (Optuna would create an empty one) and ValueError for an unknown
-    or ambiguous study name, listing the names the storage holds.
+    SQLite or journal file that does not exist (Optuna would create an empty one), ValueError
+    (ConfigError) for a storage that cannot be opened, and ValueError for an unknown or ambiguous
+    study name, listing the names the storage holds.
     """
     import optuna
 
-    if storage.startswith("sqlite:///") and ":memory:" not in storage and not Path(storage[len("sqlite:///"):]).is_file():
-        raise FileNotFoundError(f"--storage {storage}: no such SQLite file ({storage[len('sqlite:///'):]})")
+    from kdsweep.storage import open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = _study_names(storage)
+    opened = open_storage(storage, key="--storage", create=False)
+    names = sorted(optuna.get_all_study_names(storage=opened))
     if study_name is None and len(names) != 1:
         raise ValueError(f"--storage {storage} holds {len(names)} studies; name one with --study: {', '.join(names) or '(none)'}")
     name = study_name if study_name is not None else names[0]
     if name not in names:
         raise ValueError(f"--study {name}: no such study in {storage}; it holds: {', '.join(names) or '(none)'}")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def _study_names(storage: str) -> list[str]:
-    import optuna
-
-    if hasattr(optuna, "get_all_study_names"):  # Optuna >= 3
-        return sorted(optuna.get_all_study_names(storage=storage))
-    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage=storage))
+    return optuna.load_study(study_name=name, storage=opened)
 
 
 def study_trials(study: optuna.Study) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from kdsweep.analysis import importance, plots, tables
+from kdsweep.analysis import importance, plots, tables, tradeoff
 from kdsweep.analysis.intervals import Interval, describe, evidence, paired_interval, points
 from kdsweep.analysis.loading import STUDENT, describe_sweep, latest_sweep, load_trials, open_study, study_trials
 
@@ -82,6 +83,13 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     except tables.NothingToCompare as e:
         report.notes.append(f"no parameter importances: {e}")
     report.summary = summarize(trials, source, t_alpha, sizes, report.tables.get("parameter_importance"))
+    if tradeoff.has_sizes(trials):  # what each student buys in size and speed (kdsweep.analysis.tradeoff)
+        try:
+            report.tables["tradeoff"] = tradeoff.tradeoff_table(trials)
+            report.figures["tradeoff"] = tradeoff.plot_tradeoff(report.tables["tradeoff"])
+            report.summary += tradeoff.tradeoff_summary(report.tables["tradeoff"])
+        except tables.NothingToCompare as e:
+            report.notes.append(str(e))
     if labels is not None:
         report.summary += labels_summary(labels)
     return report
@@ -116,7 +124,8 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
-    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best, t_alpha.params))
+    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best, rerun_with_seeds(trials, t_alpha),
+                        t_alpha.params))
     if ranked is not None:
         method = next(m for m in importance.METHODS if m in ranked)
         keys = [k for k in t_alpha.by if k in ranked]
@@ -164,8 +173,38 @@ def _student(row: pd.Series, t_alpha: tables.TAlphaStudy) -> str:
     return (plots._label(row, vary) + ": ") if vary else ""
 
 
+def rerun_with_seeds(trials: pd.DataFrame, t_alpha: tables.TAlphaStudy, seeds: str = "0,1,2,3,4") -> str | None:
+    """The command that reruns each student's chosen point with `seeds` (None when no trial is found):
+    the first-found trial at that point, with every override it ran with (`kdsweep.commands`), as a
+    grid of Hydra's basic sweeper; with several students, one command each, after its student's name.
+    A trial folder without .hydra/hydra.yaml gets the point alone, and says what to add."""
+    from kdsweep.commands import trial_command
+    from kdsweep.errors import ConfigError
+
+    if "path" not in trials:
+        return None
+    commands = []
+    for _, best in t_alpha.best.iterrows():
+        kd = tables.distilled(trials)
+        for key in [*t_alpha.by, *t_alpha.params, *t_alpha.searched]:  # the point: the method's own values
+            if key in kd:  # a NaN key (a setting the trials lack) matches NaN
+                kd = kd[(kd[key] == best[key]) | (kd[key].isna() & (best[key] != best[key]))]
+        if kd.empty:
+            return None
+        folder = kd["path"].iloc[int(np.argmin(tables.first_found(kd)))]
+        try:
+            line = trial_command(folder, {"search": "grid", "seed": seeds}, multirun=True)
+        except ConfigError as e:
+            point = " ".join(f"{c if c.startswith('loss.') else 'loss.' + c}={best[c]:.6g}" for c in t_alpha.params
+                             if pd.notna(best[c]) and not isinstance(best[c], (bool, np.bool_)))
+            line = (f"python -m kdsweep.run -m search=grid {point} seed={seeds}. Add the sweep's own overrides (data, "
+                    f"model, epochs, ...): {str(e).rstrip('.')}")
+        commands.append(f"{_student(best, t_alpha)}{line}")
+    return "; ".join(commands)
+
+
 def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str], best: pd.DataFrame | None = None,
-           params: Sequence[str] = ("temperature", "alpha")) -> str:
+           rerun: str | None = None, params: Sequence[str] = ("temperature", "alpha")) -> str:
     """Across the (T, alpha) points: where the paired gain's interval lies above 0, below 0, or neither."""
     if "gain" not in points_table or points_table["gain"].isna().all():
         return "No trial has a paired baseline (baseline=false and no loss=ce runs): the gain is unknown."
@@ -174,7 +213,7 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
     several = known[known["n_paired"] >= 2]
     if several.empty:
         g = 100 * known["gain"]
-        # With one student, the command names its chosen point (the tie rule's), ready to paste.
+        # The command names each student's chosen point (the tie rule's), ready to paste (`rerun`).
         point = "loss.temperature=T loss.alpha=ALPHA"
         if best is not None and len(best) == 1:
             point = " ".join(f"{c if c.startswith('loss.') else 'loss.' + c}={best[c].iloc[0]:.6g}" for c in params
@@ -182,8 +221,8 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
         return (f"Every (T, alpha) point was run with one seed, so no single point has an interval: the {len(known)} "
                 f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on "
                 f"{n_test or 'an unknown number of'} "
-                "test images. To tell a gain from noise, rerun the best point with seeds: python -m kdsweep.run -m search=grid "
-                f"{point} seed=0,1,2,3,4.")
+                "test images. To tell a gain from noise, rerun the best point with seeds: "
+                + (rerun or f"python -m kdsweep.run -m search=grid {point} seed=0,1,2,3,4") + ".")
 
     vary = [k for k in by if points_table[k].nunique(dropna=False) > 1]
 
@@ -228,7 +267,8 @@ def report(paths: Sequence[str | os.PathLike] = (), out: str | os.PathLike | Non
     if storage is not None:
         study = open_study(storage, study_name)
         trials, source = study_trials(study), f"study {study.study_name} in {storage}"
-        out = Path(out) if out is not None else Path(f"report-{study.study_name}")
+        # One folder in the current one, whatever the name holds (a study made by hand may hold a "/").
+        out = Path(out) if out is not None else Path("report-" + re.sub(r"[/\\\0]", "_", study.study_name))
     else:
         if not paths:
             sweep = latest_sweep(root)
