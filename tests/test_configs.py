@@ -22,6 +22,13 @@ from kdsweep.models import build_network, count_parameters
 from kdsweep.own_data import load_dataset
 from kdsweep.run import settings_from_config
 
+def sweep_params(cfg) -> dict:
+    """What a sweep of this composed config searches: the run's loss's space with hydra.sweeper.params."""
+    from hydra_plugins.kdsweep_sweeper._search_space import with_loss_space
+
+    return with_loss_space(OmegaConf.to_container(cfg.hydra.sweeper, resolve=True), cfg.hydra.runtime.choices.loss)["params"]
+
+
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
 # The user's own data (a file, a function) needs a path or a target: composed with one below.
 OWN_DATA = {"arrays": "data.path=my.npz", "function": "data.loader._target_=numpy.load"}
@@ -139,8 +146,7 @@ def test_the_sweeper_has_every_option_written_out():
 
 def test_the_default_search_space_lets_optuna_try_only_values_the_loss_allows():
     # Every end of every default range, as the sweeper probes them before the first trial.
-    sweeper = compose_config(return_hydra_config=True).hydra.sweeper
-    space = parse(dict(sweeper.params), [])
+    space = parse(sweep_params(compose_config(return_hydra_config=True)), [])
     assert set(space.distributions) == {"loss.temperature", "loss.alpha"}
     for point in probes(space.distributions):
         make_loss({"_target_": "kdsweep.methods.KD", "temperature": point["loss.temperature"], "alpha": point["loss.alpha"]})
@@ -196,7 +202,7 @@ def test_every_loss_with_a_teacher_has_a_search_space_whose_ends_it_accepts(loss
     from kdsweep.methods import make_loss
 
     cfg = compose_config(f"loss={loss}", return_hydra_config=True)
-    space = parse(OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)["params"], [])
+    space = parse(sweep_params(cfg), [])
     assert space.distributions and all(key.startswith("loss.") for key in space.distributions)
     for probe in probes(space.distributions):
         node = OmegaConf.to_container(compose_config(f"loss={loss}", *(f"{k}={v}" for k, v in probe.items())).loss)
@@ -204,10 +210,16 @@ def test_every_loss_with_a_teacher_has_a_search_space_whose_ends_it_accepts(loss
 
 
 def test_the_kd_search_space_is_the_one_it_always_was_and_ce_has_none():
-    params = lambda loss: OmegaConf.to_container(compose_config(f"loss={loss}", return_hydra_config=True).hydra.sweeper,  # noqa: E731
-                                                 resolve=True)["params"]
-    assert params("kd") == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
-    assert params("ce") is None
+    params = lambda *overrides: sweep_params(compose_config(*overrides, return_hydra_config=True))  # noqa: E731
+    assert params("loss=kd") == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
+    assert params("loss=ce") == {}
+    # params add to the loss's space (a preset's student width) and replace its keys
+    from hydra_plugins.kdsweep_sweeper._search_space import with_loss_space
+
+    options = {"spaces": {"dkd": {"loss.beta": "interval(1, 10)", "loss.alpha": "interval(0.5, 2)"}},
+               "params": {"model.student.width": "choice(8, 16)", "loss.beta": "interval(2, 4)"}}
+    assert with_loss_space(options, "dkd")["params"] == {"loss.beta": "interval(2, 4)", "loss.alpha": "interval(0.5, 2)",
+                                                         "model.student.width": "choice(8, 16)"}
 
 
 @pytest.mark.parametrize("study", ["few_labels", "student_size"])

@@ -34,9 +34,9 @@ class KDSweepSweeperConf:
     max_failure_rate: float = 0.25
     # The official plugin's retired dict of distributions; kept so its configs load, refused if set.
     search_space: Optional[Dict[str, Any]] = None
-    params: Any = None  # Any, not Dict: the default is an interpolation (kdsweep.yaml), resolved once composed
-    # Each loss's default search space, by its option in the `loss` group (kdsweep.yaml picks the one
-    # of the run's loss for `params`).
+    params: Optional[Dict[str, str]] = None
+    # Each loss's default search space, by its option in the `loss` group: the sweep searches the run's
+    # loss's together with `params` (_search_space.with_loss_space).
     spaces: Optional[Dict[str, Any]] = None
     custom_search_space: Optional[str] = None
     # Seconds between a worker's heartbeats on its RUNNING trials. A RUNNING trial whose worker runs
