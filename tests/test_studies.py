@@ -26,7 +26,8 @@ def grid(cfg) -> dict[str, list[str]]:
 def test_the_default_search_is_still_optuna():
     cfg = hydra_config()
     assert cfg.hydra.sweeper._target_ == OPTUNA
-    assert set(cfg.hydra.sweeper.params) == {"loss.temperature", "loss.alpha"}
+    # KD's search space, the run's loss's (hydra.sweeper.spaces), joined with the empty params
+    assert set(cfg.hydra.sweeper.spaces.kd) == {"loss.temperature", "loss.alpha"} and not cfg.hydra.sweeper.params
 
 
 def test_the_search_group_switches_to_a_grid():
