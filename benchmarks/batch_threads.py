@@ -26,7 +26,6 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from kdsweep import batched, trial  # noqa: E402
 from kdsweep.data import Split  # noqa: E402
-from kdsweep.losses import teacher_log_probs  # noqa: E402
 from kdsweep.run import settings_from_config  # noqa: E402
 
 SETUPS = {
@@ -37,9 +36,7 @@ SETUPS = {
 
 def step_ms(settings: list, inputs: trial.TrialInputs, threads: int, epochs: int) -> float:
     data = inputs.data
-    soft = torch.stack([teacher_log_probs(inputs.teacher_logits.train, s.loss.temperature) for s in settings])
-    loss_fn = batched.kd_losses(soft, data.train.y, torch.tensor([s.loss.temperature for s in settings]),
-                                torch.tensor([s.loss.alpha for s in settings]))
+    loss_fn = batched.MethodLosses(batched.method_stack(settings, data.train.x), inputs.teacher_logits.train, data.train.y)
     students = [trial.new_student(s, data) for s in settings]
     first = settings[0]
     with batched.torch_threads(threads):

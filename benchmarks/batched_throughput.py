@@ -40,7 +40,6 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from kdsweep import batched, trial  # noqa: E402
 from kdsweep.data import Split  # noqa: E402
-from kdsweep.losses import kd_loss_from_log_probs, teacher_log_probs  # noqa: E402
 from kdsweep.metrics import accuracy, predict_logits  # noqa: E402
 from kdsweep.run import settings_from_config  # noqa: E402
 from kdsweep.train import fit  # noqa: E402
@@ -71,19 +70,17 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
         for threads in singles:
             torch.set_num_threads(threads)
             student = trial.new_student(s, data)
-            soft = teacher_log_probs(inputs.teacher_logits.train, s.loss.temperature)
             optimizer = s.make_optimizer(student.parameters(), lr=s.train.lr, weight_decay=0.0)
             result = fit(student, data.train.x,
-                         lambda z, idx: kd_loss_from_log_probs(z, soft[idx], data.train.y[idx], s.loss.temperature, s.loss.alpha),
+                         lambda z, idx, epoch: s.loss(z, inputs.teacher_logits.train[idx], data.train.y[idx], epoch=epoch),
                          optimizer, val, epochs=1, batch_size=64, generator=torch.Generator().manual_seed(0))
             times[f"one trial, {threads} thr"].append(result.seconds / steps * 1e3)
         torch.set_num_threads(args.batch_threads)
         for name in list(times)[len(singles):]:
             k = int(name.split()[0][2:])
             group = settings[:k]
-            softs = torch.stack([teacher_log_probs(inputs.teacher_logits.train, x.loss.temperature) for x in group])
-            loss_fn = batched.kd_losses(softs, data.train.y, torch.tensor([x.loss.temperature for x in group]),
-                                        torch.tensor([x.loss.alpha for x in group]))
+            loss_fn = batched.MethodLosses(batched.method_stack(group, data.train.x), inputs.teacher_logits.train,
+                                           data.train.y)
             outcomes = batched.fit_batch(
                 [trial.new_student(x, data) for x in group], data.train.x, loss_fn, s.make_optimizer, val,
                 lr=s.train.lr, weight_decay=0.0, epochs=1, batch_size=64,

@@ -1,17 +1,18 @@
 """K trials of one sweep trained together as one vectorized model; each is still its own trial.
 
 The trials of a sweep batch share the data, the teacher's logits and the student's architecture and
-differ only in T, alpha and the seed. So their K students are stacked (`torch.func.stack_module_state`)
+differ only in the loss's hyperparameters and the seed. So their K students are stacked (`torch.func.stack_module_state`)
 and run as one model (an MLP as batched matmuls, any other network through `torch.vmap` over
-`torch.func.functional_call`), one optimizer steps the stacked parameters, and the K losses, each with its own T and alpha, are summed. Every piece keeps the trials
+`torch.func.functional_call`), one optimizer steps the stacked parameters, and the K losses, each with its own hyperparameters, are summed. Every piece keeps the trials
 apart, so each trial is the trial it would be alone:
 
 - initial weights: each student comes from `trial.new_student` with its own seed, then is stacked;
 - batch order: each trial's own generator, seeded with its seed, permutes the training set each epoch
   as `train.fit` does; trials whose orders agree (same seed) share one gather of the inputs;
-- loss: `kd_loss_from_log_probs` (or `ce_loss`) written out over the trial axis, so trial k's loss is
-  that function of its own logits, T and alpha; the sum's gradient with respect to trial k's
-  parameters is the gradient of trial k's loss alone;
+- loss: the trials' loss method (`kdsweep.methods`), called once on the (K, B, C) logits with its
+  hyperparameters stacked as (K,) tensors, so trial k's loss is the method's formula on its own
+  logits and hyperparameters; the sum's gradient with respect to trial k's parameters is the
+  gradient of trial k's loss alone;
 - optimizer: only element-wise ones (Adam, SGD, ...), whose update of a stacked tensor equals K
   separate updates with the same lr and weight decay;
 - per epoch: each trial's mean losses, val accuracy and best-val weights; a trial whose epoch loss is
@@ -45,7 +46,7 @@ from tqdm.auto import tqdm
 
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError, KDSweepError
-from kdsweep.losses import teacher_log_probs
+from kdsweep.methods import LossMethod
 from kdsweep.train import FitResult, OptimizerFactory, ShouldStop, divergence_error
 from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, pruned, trial_inputs
 
@@ -64,10 +65,11 @@ StepHook = Callable[[int, torch.Tensor], None]
 
 
 class BatchLossFn(Protocol):
-    """K losses: (stacked logits (K, B, C), the batch's indices (B,) if shared or (K, B)) -> (K, 3):
-    total, soft, hard; `select(rows)` gives the losses of those trials alone (when others stop)."""
+    """K losses: (stacked logits (K, B, C), the batch's indices (B,) if shared or (K, B), the epoch from
+    1) -> (K, 3): total, soft, hard; `select(rows)` gives the losses of those trials alone (when
+    others stop)."""
 
-    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor, epoch: int | None = None) -> torch.Tensor: ...
 
     def select(self, rows: list[int]) -> BatchLossFn: ...
 
@@ -202,64 +204,27 @@ def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
     return None
 
 
-def kd_losses(soft_targets: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor, alpha: torch.Tensor) -> BatchLossFn:
-    """K distillation losses: trial k's is `kd_loss_from_log_probs` of soft_targets[k], T[k], alpha[k].
+class MethodLosses:
+    """K losses of one loss method: trial k's is the method (`kdsweep.methods`) with trial k's
+    hyperparameters on trial k's logits and batch, computed by the method's own formula over a
+    leading trial dimension (the method stacked: its hyperparameters are (K,) tensors).
 
-    soft_targets: (K, N, C) log-probabilities; labels: (N,); temperature, alpha: (K,).
-    Written out over the trial axis rather than vmapped: torch has no batching rule for kl_div, and
-    its per-trial fallback loop costs more than the students. tests/test_batched.py checks that each
-    trial's value equals `kd_loss_from_log_probs`.
+    teacher: the teacher's logits on the training set (N, C), or None for a method without teacher;
+    labels: (N,). Called with (logits (K, B, C), indices (B,) if shared or (K, B), the epoch from 1),
+    it returns (K, 3): total, soft, hard. tests/test_batched.py checks each row against the method
+    called on that trial alone.
     """
-    return _KDLosses(soft_targets, labels, temperature, alpha)
 
+    def __init__(self, method: LossMethod, teacher: torch.Tensor | None, labels: torch.Tensor) -> None:
+        self.method, self.teacher, self.labels = method, teacher, labels
 
-class _KDLosses:
-    def __init__(self, soft_targets: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor, alpha: torch.Tensor) -> None:
-        self.soft_targets, self.labels, self.temperature, self.alpha = soft_targets, labels, temperature, alpha
-        # Example-major (N, K, 2, C): log p and p of every trial for one example are one row, so a batch
-        # is one gather of contiguous rows rather than two strided gathers per step.
-        self.by_example = torch.stack([soft_targets, soft_targets.exp()], dim=2).transpose(0, 1).contiguous()
-        self.trials = torch.arange(len(soft_targets), device=soft_targets.device)[:, None]
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
+        parts = self.method(logits, None if self.teacher is None else self.teacher[idx], self.labels[idx], epoch=epoch)
+        k = logits.shape[0]
+        return torch.stack([parts.total.expand(k), parts.soft.expand(k), parts.hard.expand(k)], dim=1)
 
-    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        k, b, c = logits.shape
-        if idx.dim() == 1:
-            targets, y = self.by_example[idx].transpose(0, 1), self.labels[idx].expand(k, b)
-        else:
-            targets, y = self.by_example[idx, self.trials], self.labels[idx]
-        log_p, p = targets[:, :, 0], targets[:, :, 1]
-        # F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) per trial: sum p (log p - log q) / B
-        kl = (p * (log_p - F.log_softmax(logits / self.temperature[:, None, None], dim=-1))).sum(dim=(1, 2)) / b
-        soft = self.temperature**2 * kl
-        hard = _cross_entropy(logits, y)
-        return torch.stack([self.alpha * soft + (1.0 - self.alpha) * hard, soft, hard], dim=1)
-
-    def select(self, rows: list[int]) -> BatchLossFn:
-        return _KDLosses(self.soft_targets[rows], self.labels, self.temperature[rows], self.alpha[rows])
-
-
-def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy (mean over the batch) of each trial: (K, B, C), (K, B) -> (K,)."""
-    k, b, c = logits.shape
-    return F.cross_entropy(logits.reshape(k * b, c), y.reshape(k * b), reduction="none").view(k, b).mean(dim=1)
-
-
-def ce_losses(labels: torch.Tensor) -> BatchLossFn:
-    """K cross-entropy losses (the baseline student's), trial k's on its own logits and batch."""
-    return _CELosses(labels)
-
-
-class _CELosses:
-    def __init__(self, labels: torch.Tensor) -> None:
-        self.labels = labels
-
-    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        k, b, _ = logits.shape
-        hard = _cross_entropy(logits, self.labels[idx].expand(k, b))
-        return torch.stack([hard, torch.zeros_like(hard), hard], dim=1)
-
-    def select(self, rows: list[int]) -> BatchLossFn:
-        return self  # nothing per trial
+    def select(self, rows: list[int]) -> MethodLosses:
+        return MethodLosses(self.method.select(rows), self.teacher, self.labels)
 
 
 def _keep_rows(
@@ -337,7 +302,7 @@ def fit_batch(
         sums = torch.zeros(len(active), 3, device=train_x.device)
         for begin in range(0, n, batch_size):
             idx = orders[0, begin : begin + batch_size] if shared else orders[:, begin : begin + batch_size]
-            parts = loss_fn(stack(train_x[idx], shared), idx)
+            parts = loss_fn(stack(train_x[idx], shared), idx, epoch)
             optimizer.zero_grad(set_to_none=True)
             # Trial k's parameters appear only in parts[k], so each gets its own loss's gradient.
             parts[:, 0].sum().backward()
@@ -425,10 +390,24 @@ class BatchedTrial:
     outcome: FitResult | DivergenceError
 
 
+def method_stack(trials: Sequence[TrialSettings], like: torch.Tensor) -> LossMethod:
+    """The trials' loss methods stacked (hyperparameters as (K,) tensors in `like`'s float dtype and
+    device); NotBatchable unless they are one batchable class."""
+    classes = {type(s.loss) for s in trials}
+    if len(classes) > 1:
+        raise NotBatchable(f"the trials use different loss classes ({sorted(c.__name__ for c in classes)})")
+    (cls,) = classes
+    if not cls.batchable:
+        raise NotBatchable(f"the loss class {cls.__name__} does not declare `batchable = True` (a formula that reads "
+                           "its hyperparameters through kdsweep.methods.per_trial)")
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    return cls.stack([s.loss for s in trials], device=like.device, dtype=dtype)
+
+
 def train_trials(
     trials: Sequence[TrialSettings], *, fused_optimizer: bool = True, num_threads: int | None = None
 ) -> list[BatchedTrial]:
-    """Train K trials that differ only in T, alpha and the seed as one model.
+    """Train K trials that differ only in the loss's hyperparameters and the seed as one model.
 
     fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
     num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
@@ -463,15 +442,10 @@ def train_trials(
     if reason:
         raise NotBatchable(reason)
     train = first.train
-    if first.loss.name == "kd":
-        soft = torch.stack([teacher_log_probs(i.teacher_logits.train, s.loss.temperature) for s, i in zip(trials, inputs)])
-        to_tensor = lambda values: torch.tensor(values, dtype=data.train.x.dtype, device=data.train.x.device)  # noqa: E731
-        loss_fn = kd_losses(soft, data.train.y, to_tensor([s.loss.temperature for s in trials]),
-                            to_tensor([s.loss.alpha for s in trials]))
-    else:
-        loss_fn = ce_losses(data.train.y)
+    loss_fn = MethodLosses(method_stack(trials, data.train.x), inputs[0].teacher_logits.train if first.loss.needs_teacher
+                           else None, data.train.y)
     log.info("training %d trials as one batched model: %s", len(trials), ", ".join(
-        f"(T={s.loss.temperature}, alpha={s.loss.alpha}, seed={s.seed})" for s in trials))
+        "(" + ", ".join(f"{k}={v}" for k, v in s.loss.hyperparameters().items()) + f", seed={s.seed})" for s in trials))
     threads = num_threads or batch_threads(len(trials), train.num_threads)
     log.info("the batch trains on %d torch thread%s", threads, "" if threads == 1 else "s")
     with torch_threads(threads):

@@ -9,7 +9,6 @@ import torch
 from kdsweep.errors import ConfigError
 from kdsweep.labels import check_labels
 
-LOSSES = ("ce", "kd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -24,23 +23,6 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    name: str
-    temperature: float | None
-    alpha: float | None
-
-    def checked(self) -> LossSettings:
-        _require(self.name in LOSSES, "loss.name", self.name, f"one of {sorted(LOSSES)}")
-        if self.name == "ce":  # T and alpha do not enter cross-entropy: null, not values that had no effect
-            return LossSettings("ce", None, None)
-        _require(_is_number(self.temperature) and self.temperature > 0, "loss.temperature",
-                 self.temperature, "a number > 0 (T=1 leaves the teacher's softmax as it is)")
-        _require(_is_number(self.alpha) and 0 <= self.alpha <= 1, "loss.alpha", self.alpha,
-                 "a number in [0, 1] (the weight of the soft term)")
-        return LossSettings(self.name, float(self.temperature), float(self.alpha))
 
 
 def _check_schedule(prefix: str, epochs: object, batch_size: object, lr: object, weight_decay: object) -> None:

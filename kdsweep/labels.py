@@ -21,11 +21,9 @@ import hashlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdsweep.data import Dataset, Split
 from kdsweep.errors import ConfigError
-from kdsweep.losses import LossParts
 
 TRANSFER_SETS = ("all", "labelled")
 # Mixed into data.split_seed so that the labelled subset is not the first N of the split's own
@@ -108,32 +106,3 @@ def labelled_mask(train_size: int, indices: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(train_size, dtype=torch.bool, device=indices.device)
     mask[indices] = True
     return mask
-
-
-def partly_labelled_kd_loss(
-    student_logits: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    targets: torch.Tensor,
-    labelled: torch.Tensor,
-    temperature: float,
-    alpha: float,
-) -> LossParts:
-    """L = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE_labelled(s, y).
-
-    The KD loss of `kdsweep.losses.kd_loss` for a batch of which only some rows have a label:
-    the soft term averages over all B rows of the batch, the hard term over its labelled rows only
-    (`labelled`, bool (B,)), and is 0 for a batch with no labelled row (that step then follows the
-    soft targets alone, still weighted by alpha). Averaging the hard term over the labelled rows, not
-    over B, keeps it on the scale of the fully labelled loss, so alpha weighs the two terms as it does
-    there. With every row labelled this equals `kd_loss`.
-
-    student_logits: (B, C); teacher_log_probs: (B, C), log softmax(t / T); targets: (B,) class
-    indices (any value on unlabelled rows, they are not read).
-    """
-    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
-    soft = temperature**2 * kl
-    ce = F.cross_entropy(student_logits, torch.where(labelled, targets, 0), reduction="none")
-    # One formula for every batch: with no labelled row, the sum is 0 and the count is clamped to 1.
-    hard = (ce * labelled).sum() / labelled.sum().clamp(min=1)
-    return LossParts(alpha * soft + (1.0 - alpha) * hard, soft, hard)

@@ -26,6 +26,7 @@ from kdsweep.errors import KDSweepError, TrialPruned
 from kdsweep.pruning import TRIAL_ENV, PruningSettings, pruning_settings
 
 if TYPE_CHECKING:
+    from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
 
 # The exit status of a single run whose trial was pruned (its metrics.json is written): not a
@@ -83,8 +84,9 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     # Imported here, not at the top: they import torch (1-2 s), which `--help` and -c job never use.
     from dataclasses import fields
 
-    from kdsweep.config import LossSettings, TeacherSettings, TrainSettings, resolve_device
+    from kdsweep.config import TeacherSettings, TrainSettings, resolve_device
     from kdsweep.errors import ConfigError
+    from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
 
     missing = sorted(OmegaConf.missing_keys(cfg))  # `???` in a config file: a value only the user can give
@@ -98,7 +100,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
                              ("keep_students", cfg.keep_students in ("all", "best", "none"), "all, best or none")):
         if not ok:
             raise ConfigError(f"{key} must be {allowed}, but got {key}={cfg[key]!r}.")
-    loss = LossSettings(cfg.loss.name, cfg.loss.temperature, cfg.loss.alpha).checked()
+    loss_name, loss = make_loss(OmegaConf.to_container(cfg.loss, resolve=True))  # the class checks its keys
     train_fields = tuple(f.name for f in fields(TrainSettings))
     train_values = _plain(cfg.train, "train", (*train_fields, "optimizer"))
     train = TrainSettings(**{k: v for k, v in train_values.items() if k != "optimizer"}).checked()
@@ -115,10 +117,11 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     if data.get("source") == "file" and isinstance(data.get("path"), str):
         data["path"] = to_absolute_path(data["path"])
     make_data = _factory(cfg.data.loader, "data.loader") if data.get("source") == "function" and cfg.data.get("loader") else None
-    use_teacher_net = loss.name == "kd" and teacher.logits is None
+    use_teacher_net = loss.needs_teacher and teacher.logits is None
     return TrialSettings(
         data=data,
         loss=loss,
+        loss_name=loss_name,
         train=train,
         teacher=teacher,
         teacher_arch=OmegaConf.to_container(teacher_node.net, resolve=True) if teacher_node.get("net") is not None else None,

@@ -18,9 +18,10 @@ from kdsweep.errors import DivergenceError
 from kdsweep.losses import LossParts
 from kdsweep.metrics import accuracy, predict_logits
 
-# (student logits of a batch, the batch's indices into the training set) -> loss parts. Taking the
-# indices lets a loss look up per-example targets computed once, such as the teacher's soft labels.
-LossFn = Callable[[torch.Tensor, torch.Tensor], LossParts]
+# (student logits of a batch, the batch's indices into the training set, the epoch from 1) -> loss
+# parts. Taking the indices lets a loss look up per-example targets computed once, such as the
+# teacher's logits; the epoch, a warm-up of the loss's weights (DKD's).
+LossFn = Callable[[torch.Tensor, torch.Tensor, int], LossParts]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 # (epoch from 1, that epoch's val accuracy in [0, 1]) -> True to stop training after this epoch. Called
 # every `report_every` epochs; a pruner's report-and-ask (kdsweep.pruning) is one.
@@ -121,7 +122,7 @@ def fit(
             x = train_x[idx]
             if max_shift:
                 x = random_shift(x, max_shift, generator)
-            parts = loss_fn(model(x), idx)
+            parts = loss_fn(model(x), idx, epoch)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()

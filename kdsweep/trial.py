@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from kdsweep import cache, preemption
-from kdsweep.config import LossSettings, TeacherSettings, TrainSettings
+from kdsweep.config import TeacherSettings, TrainSettings
 from kdsweep.data import Dataset
 from kdsweep.errors import ConfigError, DataError, TrialPruned
-from kdsweep.labels import (indices_digest, labelled_count, labelled_data, labelled_indices, labelled_mask,
-                            partly_labelled_kd_loss)
-from kdsweep.losses import LossParts, ce_loss, kd_loss_from_log_probs, teacher_log_probs
+from kdsweep.labels import indices_digest, labelled_count, labelled_data, labelled_indices, labelled_mask
+from kdsweep.losses import LossParts
+from kdsweep.methods import CE, KD, LossMethod
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
@@ -50,7 +50,7 @@ class TrialSettings:
     """Everything that determines one trial, as plain values and factories."""
 
     data: dict[str, Any]  # the data node as plain values (kdsweep.own_data.load_dataset's spec)
-    loss: LossSettings
+    loss: LossMethod  # the loss method, its hyperparameters checked (kdsweep.methods)
     train: TrainSettings
     teacher: TeacherSettings
     teacher_arch: dict[str, Any] | None  # the networks' config nodes, for cache keys and reports (None:
@@ -68,6 +68,7 @@ class TrialSettings:
     pruning: PruningSettings | None = None  # the Optuna trial to report to; None: train every epoch
     config: dict[str, Any] | None = None  # the composed config, for the student's manifest (kdsweep.student)
     keep_students: str = "all"  # keep_students: all, best or none (kdsweep.student)
+    loss_name: str = ""  # the loss's name in reports (loss.name); empty: the class's own
 
     @property
     def student_schedule(self) -> dict[str, Any]:
@@ -97,14 +98,14 @@ def train_network(
     epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
     description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
 ) -> FitResult:
-    """Train `net` on the training set with `loss_fn`; by default cross-entropy on the hard labels.
+    """Train `net` on the training set with `loss_fn`; by default `CE` on the hard labels.
 
     should_stop, report_every: as `train.fit`'s (the pruner's hook).
     """
     labels = data.train.y
     optimizer = make_optimizer(net.parameters(), lr=lr, weight_decay=weight_decay)
     return fit(
-        net, data.train.x, loss_fn or (lambda logits, idx: ce_loss(logits, labels[idx])), optimizer, data.val,
+        net, data.train.x, loss_fn or (lambda logits, idx, epoch: CE()(logits, None, labels[idx])), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
         max_shift=max_shift, progress=sys.stderr.isatty(), description=description,
         should_stop=should_stop, report_every=report_every,
@@ -213,7 +214,7 @@ def trial_inputs(settings: TrialSettings) -> TrialInputs:
     # Checked before the teacher trains: a bad train.labels costs nothing.
     count = labelled_count(settings.train.labels, len(data.train), settings.data["name"])
     labelled = None if count is None else labelled_indices(data.train.y, count, settings.data.get("split_seed", 0))
-    if settings.loss.name != "kd":
+    if not settings.loss.needs_teacher:
         return TrialInputs(data, None, {}, timings, labelled)
     logits, info = get_teacher_logits(settings, data)
     timings.update(teacher_seconds=info["teacher_seconds"], teacher_source=info["teacher_source"])
@@ -246,20 +247,18 @@ def student_view(
 def fit_student(
     settings: TrialSettings, inputs: TrialInputs, student: nn.Module, should_stop: ShouldStop | None = None
 ) -> FitResult:
-    """Train the student with the trial's loss: KD against the teacher's soft labels, or plain CE.
+    """Train the student with the trial's loss method on its transfer set (the teacher's logits and
+    the labels of each batch, and which of its rows keep their label).
 
     should_stop: the pruner's hook, called every `settings.pruning.report_every` epochs.
     """
     data, teacher, mask = student_view(settings, inputs)
-    loss_fn: LossFn | None = None  # cross-entropy: the baseline student
-    if teacher is not None:
-        loss, labels = settings.loss, data.train.y
-        soft_targets = teacher_log_probs(teacher.train, loss.temperature)
+    method, labels = settings.loss, data.train.y
+    teacher_train = None if teacher is None else teacher.train
 
-        def loss_fn(s: torch.Tensor, idx: torch.Tensor) -> LossParts:
-            if mask is not None:
-                return partly_labelled_kd_loss(s, soft_targets[idx], labels[idx], mask[idx], loss.temperature, loss.alpha)
-            return kd_loss_from_log_probs(s, soft_targets[idx], labels[idx], loss.temperature, loss.alpha)
+    def loss_fn(s: torch.Tensor, idx: torch.Tensor, epoch: int) -> LossParts:
+        return method(s, None if teacher_train is None else teacher_train[idx], labels[idx],
+                      None if mask is None else mask[idx], epoch=epoch)
 
     report_every = settings.pruning.report_every if settings.pruning is not None else 1
     return train_network(student, data, settings.make_optimizer, loss_fn, **settings.student_schedule,
@@ -315,7 +314,7 @@ def finish_trial(
         "agreement": agreement(test_logits, inputs.teacher_logits.test) if inputs.teacher_logits is not None else None,
     }
     timings["eval_seconds"] = time.perf_counter() - start
-    if settings.baseline and settings.loss.name == "kd":
+    if settings.baseline and settings.loss.needs_teacher:
         start = time.perf_counter()
         results.update(get_baseline(settings, data, inputs.labelled))
         results["gain"] = results["test_acc"] - results["baseline_test_acc"]
@@ -323,9 +322,13 @@ def finish_trial(
     loss, arch = settings.loss, settings.student_arch
     metrics = {
         "config": {
-            "loss": loss.name,
-            "temperature": loss.temperature,
-            "alpha": loss.alpha,
+            "loss": settings.loss_name or loss.name,
+            # every hyperparameter of the loss method, by its config key (loss.KEY)
+            "loss_params": loss.hyperparameters(),
+            "loss_class": f"{type(loss).__module__}.{type(loss).__qualname__}",
+            # KD's own columns, as before; None for other methods, whose values are in loss_params
+            "temperature": loss.temperature if isinstance(loss, KD) else None,
+            "alpha": loss.alpha if isinstance(loss, KD) else None,
             "data": settings.data["name"],
             # the student's transfer set; with train.labels, `labels` of its examples have a hard label
             "train_size": len(student_view(settings, inputs)[0].train),

@@ -41,7 +41,7 @@ CASES = {
     "unknown transfer set": (["train.labels=50", "train.transfer_set=both"], "train.transfer_set must be one of ['all', 'labelled']",
                              "train.transfer_set='both'"),
     "unknown model": (["model=resnet"], "Could not find 'model/resnet'", "Available options in 'model':\n\tcnn\n\thinton\n\tmlp"),
-    "unknown loss": (["loss=mse"], "Could not find 'loss/mse'", "Available options in 'loss':\n\tce\n\tkd"),
+    "unknown loss": (["loss=mse"], "Could not find 'loss/mse'", "Available options in 'loss':\n\tce\n\tdist\n\tdkd\n\tkd\n\tkd_ls"),
     "missing data file": (["data=fashion_mnist", "data.root=/nonexistent"], "data.root=/nonexistent", "apt-get install dataset-fashion-mnist"),
     "mistyped key": (["train.epohcs=3"], "Could not override 'train.epohcs'", "Key 'epohcs' is not in struct"),
     # Sweeps: the sweeper composes a trial at each end of every range and checks it before any trial.

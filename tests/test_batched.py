@@ -19,7 +19,7 @@ from torch import nn
 from conftest import CONF, F32_EPS, TINY, loss_tolerance, read_metrics, run_cli
 from kdsweep import batched, trial
 from kdsweep.errors import DivergenceError
-from kdsweep.losses import ce_loss, kd_loss_from_log_probs, teacher_log_probs
+from kdsweep.methods import CE, DIST, DKD, KD
 from kdsweep.metrics import predict_logits
 from kdsweep.models import MLP, SmallCNN
 from kdsweep.run import settings_from_config
@@ -48,19 +48,19 @@ def settings_for(cache_dir, trials=TRIALS, extra=()):
     # targets): trials of different T then differ by far more than any rounding.
     overrides = [*TINY, f"cache_dir={cache_dir}", "train.epochs=3", "model.teacher.epochs=10", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return [settings_from_config(compose("config", [*overrides, f"loss.temperature={t}", f"loss.alpha={a}", f"seed={s}"]))
-                for t, a, s in trials]
+        kd = "loss=ce" not in extra  # the cross-entropy loss has no T or alpha
+        return [settings_from_config(compose("config", [*overrides, *([f"loss.temperature={t}", f"loss.alpha={a}"] if kd else []),
+                                                        f"seed={s}"])) for t, a, s in trials]
 
 
 def single_run(settings, inputs):
     """`trial.fit_student`'s training, with each step's loss recorded."""
     student = trial.new_student(settings, inputs.data)
     data, loss = inputs.data, settings.loss
-    soft = teacher_log_probs(inputs.teacher_logits.train, loss.temperature)
     steps = []
 
-    def loss_fn(logits, idx):
-        parts = kd_loss_from_log_probs(logits, soft[idx], data.train.y[idx], loss.temperature, loss.alpha)
+    def loss_fn(logits, idx, epoch):
+        parts = loss(logits, inputs.teacher_logits.train[idx], data.train.y[idx], epoch=epoch)
         steps.append(parts.total.item())
         return parts
 
@@ -74,9 +74,8 @@ def batched_run(all_settings, students=None, fused=False):
     inputs = [trial.trial_inputs(s) for s in all_settings]
     data = inputs[0].data
     students = students or [trial.new_student(s, data) for s in all_settings]
-    soft = torch.stack([teacher_log_probs(i.teacher_logits.train, s.loss.temperature) for s, i in zip(all_settings, inputs)])
-    loss_fn = batched.kd_losses(soft, data.train.y, torch.tensor([s.loss.temperature for s in all_settings]),
-                                torch.tensor([s.loss.alpha for s in all_settings]))
+    loss_fn = batched.MethodLosses(batched.method_stack(all_settings, data.train.x), inputs[0].teacher_logits.train,
+                                   data.train.y)
     steps = []
     first = all_settings[0]
     outcomes = batched.fit_batch(
@@ -113,7 +112,7 @@ def assert_same_history(single, batch, temperature, alpha, steps_per_epoch, logi
 
 def assert_matches_single(settings, inputs, single, history):
     """`history` (a batched trial's, perhaps stopped early) is the single run's, epoch by epoch."""
-    kd = settings.loss.name == "kd"
+    kd = isinstance(settings.loss, KD)
     assert_same_history(single.history[: len(history)], history, settings.loss.temperature if kd else None,
                         settings.loss.alpha if kd else 0.0, steps_per_epoch(settings),
                         logit_size(settings, inputs, single.best_state))
@@ -127,28 +126,57 @@ def assert_same_steps(single_steps, batched_steps, temperature, alpha, logit_siz
         assert abs(b - s) <= tol, f"step {step}: batched {b} vs alone {s}, more than {tol:.2e} apart"
 
 
-def test_the_batched_loss_is_each_trials_kd_loss():
+def method_tolerance(method, n_summed: int, logit_size: float) -> float:
+    """How far one loss can come out along two float32 paths that sum the same terms in another order.
+
+    Each path rounds each of the `n_summed` (B x C) terms it adds by at most eps relative to the
+    running sum, and no summand of any part exceeds T^2 x (|logit| / T + log C) (a log-softmax at
+    temperature T, times T^2) times the part's weights, plus the hard term's |logit| + log C (DIST's
+    Pearson terms are bounded by T^2 x 2, smaller still). The weights of every method are at most 8.
+    """
+    temperature = getattr(method, "temperature", 1.0)
+    summand = 8 * 2 * temperature**2 * (logit_size / temperature + math.log(N_CLASSES)) + logit_size + math.log(N_CLASSES)
+    return F32_EPS * n_summed * summand
+
+
+ALONE = {  # K = 3 settings of each method, the extremes of their ranges among them
+    "kd": [KD(1.0, 0.0), KD(2.5, 0.5), KD(9.0, 1.0)],
+    "kd_standardized": [KD(2.0, 0.9, True), KD(4.0, 0.5, False), KD(1.0, 1.0, True)],
+    "dkd": [DKD(), DKD(alpha=0.5, beta=2.0, temperature=1.0, warmup_epochs=0), DKD(alpha=2.0, beta=1.0, warmup_epochs=5, standardize=True)],
+    "dist": [DIST(), DIST(beta=2.0, gamma=0.5, temperature=4.0), DIST(beta=0.5, gamma=4.0, temperature=8.0, ce_weight=0.0)],
+    "ce": [CE(), CE(), CE()],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALONE))
+def test_the_batched_loss_is_each_trials_loss_alone(name):
     torch.manual_seed(0)
-    k, n, b, c = 3, 50, 8, 10
+    methods, k, n, b, c = ALONE[name], 3, 50, 8, N_CLASSES
     teacher, labels = torch.randn(n, c) * 3, torch.randint(0, c, (n,))
-    temps, alphas = [1.0, 2.5, 9.0], [0.0, 0.5, 1.0]
-    soft = torch.stack([teacher_log_probs(teacher, t) for t in temps])
-    loss_fn = batched.kd_losses(soft, labels, torch.tensor(temps), torch.tensor(alphas))
+    loss_fn = batched.MethodLosses(type(methods[0]).stack(methods), teacher if methods[0].needs_teacher else None, labels)
     logits = torch.randn(k, b, c) * 2
     shared, own = torch.randperm(n)[:b], torch.stack([torch.randperm(n)[:b] for _ in range(k)])
     for idx in (shared, own):
-        parts = loss_fn(logits, idx)
-        for i in range(k):
-            rows = idx if idx.dim() == 1 else idx[i]
-            want = kd_loss_from_log_probs(logits[i], soft[i][rows], labels[rows], temps[i], alphas[i])
-            tol = loss_tolerance(temps[i], alphas[i], c, 1, logits.abs().max().item())  # one loss, two orders
-            assert parts[i].tolist() == pytest.approx([want.total.item(), want.soft.item(), want.hard.item()],
-                                                      rel=0, abs=max(tol.values()))
-    ce = batched.ce_losses(labels)(logits, shared)
-    for i in range(k):
-        want = ce_loss(logits[i], labels[shared])
-        tol = loss_tolerance(None, 0.0, c, 1, logits.abs().max().item())["hard"]
-        assert ce[i].tolist() == pytest.approx([want.total.item(), 0.0, want.hard.item()], rel=0, abs=tol)
+        for epoch in (1, 3, 40):
+            parts = loss_fn(logits, idx, epoch)
+            for i in range(k):
+                rows = idx if idx.dim() == 1 else idx[i]
+                want = methods[i](logits[i], teacher[rows], labels[rows], epoch=epoch)
+                tol = method_tolerance(methods[i], b * c, max(logits.abs().max().item(), teacher.abs().max().item()))
+                assert parts[i].tolist() == pytest.approx([want.total.item(), want.soft.item(), want.hard.item()],
+                                                          rel=0, abs=tol)
+
+
+def test_a_stacked_method_keeps_its_trials_apart_when_some_leave():
+    torch.manual_seed(0)
+    methods = ALONE["dkd"]
+    teacher, labels, logits = torch.randn(20, 10), torch.randint(0, 10, (20,)), torch.randn(3, 8, 10)
+    idx = torch.arange(8)
+    kept = batched.MethodLosses(DKD.stack(methods), teacher, labels).select([0, 2])
+    parts = kept(logits[[0, 2]], idx, 2)
+    for row, i in enumerate((0, 2)):
+        assert parts[row, 0].item() == pytest.approx(methods[i](logits[i], teacher[:8], labels[:8], epoch=2).total.item(),
+                                                     rel=0, abs=method_tolerance(methods[i], 80, 3 * 4))
 
 
 @pytest.mark.parametrize("make", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])

@@ -16,11 +16,18 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, REPO
 from hydra_plugins.kdsweep_sweeper._search_space import parse, probes
-from kdsweep.config import LossSettings
+from kdsweep.methods import make_loss
 from kdsweep.errors import ConfigError
 from kdsweep.models import build_network, count_parameters
 from kdsweep.own_data import load_dataset
 from kdsweep.run import settings_from_config
+
+def sweep_params(cfg) -> dict:
+    """What a sweep of this composed config searches: the run's loss's space with hydra.sweeper.params."""
+    from hydra_plugins.kdsweep_sweeper._search_space import with_loss_space
+
+    return with_loss_space(OmegaConf.to_container(cfg.hydra.sweeper, resolve=True), cfg.hydra.runtime.choices.loss)["params"]
+
 
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
 # The user's own data (a file, a function) needs a path or a target: composed with one below.
@@ -139,11 +146,10 @@ def test_the_sweeper_has_every_option_written_out():
 
 def test_the_default_search_space_lets_optuna_try_only_values_the_loss_allows():
     # Every end of every default range, as the sweeper probes them before the first trial.
-    sweeper = compose_config(return_hydra_config=True).hydra.sweeper
-    space = parse(dict(sweeper.params), [])
+    space = parse(sweep_params(compose_config(return_hydra_config=True)), [])
     assert set(space.distributions) == {"loss.temperature", "loss.alpha"}
     for point in probes(space.distributions):
-        LossSettings("kd", point["loss.temperature"], point["loss.alpha"]).checked()
+        make_loss({"_target_": "kdsweep.methods.KD", "temperature": point["loss.temperature"], "alpha": point["loss.alpha"]})
 
 
 def test_an_official_optuna_sweeper_config_works_with_one_line_changed(tmp_path):
@@ -178,3 +184,56 @@ def test_an_official_optuna_sweeper_config_works_with_one_line_changed(tmp_path)
 def test_the_basic_sweeper_replaces_optuna_for_grids():
     sweeper = compose_config("hydra/sweeper=basic", return_hydra_config=True).hydra.sweeper
     assert sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize("loss", GROUPS["loss"])
+def test_every_loss_option_builds_its_method_with_its_own_name(loss):
+    from kdsweep.methods import make_loss
+
+    name, method = make_loss(OmegaConf.to_container(compose_config(f"loss={loss}").loss, resolve=True))
+    assert name == loss and type(method).__name__.lower() == loss.split("_")[0]
+
+
+@pytest.mark.parametrize("loss", [o for o in GROUPS["loss"] if o != "ce"])
+def test_every_loss_with_a_teacher_has_a_search_space_whose_ends_it_accepts(loss):
+    """hydra.sweeper.params defaults to the space of the run's loss; each end of each range is a
+    value the method takes (so a sweep never tries one it refuses)."""
+    from hydra_plugins.kdsweep_sweeper._search_space import parse, probes
+    from kdsweep.methods import make_loss
+
+    cfg = compose_config(f"loss={loss}", return_hydra_config=True)
+    space = parse(sweep_params(cfg), [])
+    assert space.distributions and all(key.startswith("loss.") for key in space.distributions)
+    for probe in probes(space.distributions):
+        node = OmegaConf.to_container(compose_config(f"loss={loss}", *(f"{k}={v}" for k, v in probe.items())).loss)
+        make_loss(node)  # raises ConfigError for a value out of range
+
+
+def test_the_kd_search_space_is_the_one_it_always_was_and_ce_has_none():
+    params = lambda *overrides: sweep_params(compose_config(*overrides, return_hydra_config=True))  # noqa: E731
+    assert params("loss=kd") == {"loss.temperature": "interval(1, 16)", "loss.alpha": "interval(0.3, 0.9)"}
+    assert params("loss=ce") == {}
+    # params add to the loss's space (a preset's student width) and replace its keys
+    from hydra_plugins.kdsweep_sweeper._search_space import with_loss_space
+
+    options = {"spaces": {"dkd": {"loss.beta": "interval(1, 10)", "loss.alpha": "interval(0.5, 2)"}},
+               "params": {"model.student.width": "choice(8, 16)", "loss.beta": "interval(2, 4)"}}
+    assert with_loss_space(options, "dkd")["params"] == {"loss.beta": "interval(2, 4)", "loss.alpha": "interval(0.5, 2)",
+                                                         "model.student.width": "choice(8, 16)"}
+
+
+@pytest.mark.parametrize("study", ["few_labels", "student_size"])
+@pytest.mark.parametrize("loss", ["kd", "kd_ls", "dkd", "dist"])
+def test_the_grid_studies_run_every_method_on_its_own_grid(study, loss):
+    """+study=few_labels / student_size with loss=NAME loss_grid@hydra.sweeper.params=NAME: the grid holds
+    the method's own keys, and every point of it is a loss the method accepts."""
+    from kdsweep.methods import make_loss
+
+    grid = [] if loss == "kd" else [f"loss_grid@hydra.sweeper.params={loss}"]
+    cfg = compose_config(f"+study={study}", f"loss={loss}", *grid, return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    swept = {k: str(v).split(",") for k, v in params.items() if k.startswith("loss.")}
+    assert swept and "seed" in params
+    for point in itertools.product(*swept.values()):
+        node = compose_config(f"loss={loss}", *(f"{k}={v}" for k, v in zip(swept, point))).loss
+        make_loss(OmegaConf.to_container(node))

@@ -15,8 +15,8 @@ from kdsweep import trial
 from kdsweep.config import TrainSettings
 from kdsweep.data import load_data
 from kdsweep.errors import ConfigError
-from kdsweep.labels import check_labels, indices_digest, labelled_count, labelled_indices, partly_labelled_kd_loss
-from kdsweep.losses import kd_loss, teacher_log_probs
+from kdsweep.labels import check_labels, indices_digest, labelled_count, labelled_indices
+from kdsweep.methods import KD
 from kdsweep.run import settings_from_config
 from test_sweep import trial_folders
 
@@ -87,7 +87,7 @@ def _log_softmax(row: list[float], temperature: float) -> list[float]:
     return [v - lse for v in z]
 
 
-def test_the_partly_labelled_loss_matches_a_hand_computation():
+def test_the_partly_labelled_kd_loss_matches_a_hand_computation():
     s = [[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]]
     t = [[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]]
     targets, labelled, T, alpha = [0, 5, 1], [True, False, True], 2.0, 0.7  # row 1's 5 is not a class: never read
@@ -95,8 +95,7 @@ def test_the_partly_labelled_loss_matches_a_hand_computation():
     kl = [sum(math.exp(lt) * (lt - ls) for lt, ls in zip(_log_softmax(tr, T), _log_softmax(sr, T))) for tr, sr in zip(t, s)]
     soft = T**2 * sum(kl) / 3
     hard = (-_log_softmax(s[0], 1.0)[0] - _log_softmax(s[2], 1.0)[1]) / 2
-    parts = partly_labelled_kd_loss(torch.tensor(s), teacher_log_probs(torch.tensor(t), T), torch.tensor(targets),
-                                    torch.tensor(labelled), T, alpha)
+    parts = KD(temperature=T, alpha=alpha)(torch.tensor(s), torch.tensor(t), torch.tensor(targets), torch.tensor(labelled))
     assert parts.soft.item() == pytest.approx(soft, rel=HAND_TOL)
     assert parts.hard.item() == pytest.approx(hard, rel=HAND_TOL)
     assert parts.total.item() == pytest.approx(alpha * soft + (1 - alpha) * hard, rel=HAND_TOL)
@@ -104,8 +103,8 @@ def test_the_partly_labelled_loss_matches_a_hand_computation():
 
 def test_a_batch_without_labels_has_hard_term_zero_and_still_learns_from_the_soft_targets():
     s = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
-    parts = partly_labelled_kd_loss(s, teacher_log_probs(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), 2.0),
-                                    torch.tensor([0, 1]), torch.tensor([False, False]), 2.0, 0.5)
+    parts = KD(temperature=2.0, alpha=0.5)(s, torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.tensor([0, 1]),
+                                           torch.tensor([False, False]))
     assert parts.hard.item() == 0.0
     assert parts.total.item() == pytest.approx(0.5 * parts.soft.item(), rel=HAND_TOL)
     parts.total.backward()
@@ -115,8 +114,8 @@ def test_a_batch_without_labels_has_hard_term_zero_and_still_learns_from_the_sof
 def test_with_every_row_labelled_it_is_the_kd_loss():
     g = torch.Generator().manual_seed(0)
     s, t, y = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g), torch.randint(0, 10, (8,), generator=g)
-    full = kd_loss(s, t, y, 4.0, 0.3)
-    parts = partly_labelled_kd_loss(s, teacher_log_probs(t, 4.0), y, torch.ones(8, dtype=torch.bool), 4.0, 0.3)
+    full = KD(temperature=4.0, alpha=0.3)(s, t, y)
+    parts = KD(temperature=4.0, alpha=0.3)(s, t, y, torch.ones(8, dtype=torch.bool))
     for a, b in ((parts.total, full.total), (parts.soft, full.soft), (parts.hard, full.hard)):
         assert a.item() == pytest.approx(b.item(), rel=HAND_TOL)  # the same float32 ops, summed in another order
 

@@ -23,7 +23,7 @@ from conftest import CONF, TINY, read_metrics, run_cli
 from kdsweep import batched, trial
 from kdsweep.data import Split
 from kdsweep.errors import ConfigError, TrialPruned
-from kdsweep.losses import ce_loss, teacher_log_probs
+from kdsweep.methods import CE
 from kdsweep.pruning import (CURVE_SHARE, STORAGE_ENV, STUDY_ENV, TRIAL_ENV, PruningSettings, make_pruner,
                              pruning_settings, should_stop_for)
 from kdsweep.run import EXIT_PRUNED
@@ -53,7 +53,7 @@ def tiny_fit(epochs: int, **hook: Any):
     x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    return fit(model, x, lambda logits, idx: ce_loss(logits, y[idx]), optimizer, Split(x[:32], y[:32]),
+    return fit(model, x, lambda logits, idx, epoch: CE()(logits, None, y[idx]), optimizer, Split(x[:32], y[:32]),
                epochs=epochs, batch_size=16, generator=torch.Generator().manual_seed(0), **hook)
 
 
@@ -225,9 +225,7 @@ def test_a_student_stopped_in_a_batch_leaves_it_and_the_others_match_their_singl
     steps = []
     outcomes = batched.fit_batch(
         [trial.new_student(s, data) for s in all_settings], data.train.x,
-        batched.kd_losses(torch.stack([teacher_log_probs(i.teacher_logits.train, s.loss.temperature)
-                                       for s, i in zip(all_settings, inputs)]), data.train.y,
-                          torch.tensor([s.loss.temperature for s in all_settings]), torch.tensor([s.loss.alpha for s in all_settings])),
+        batched.MethodLosses(batched.method_stack(all_settings, data.train.x), inputs[0].teacher_logits.train, data.train.y),
         first.make_optimizer, data.val, lr=first.train.lr, weight_decay=0.0, epochs=3, batch_size=first.train.batch_size,
         generators=[torch.Generator().manual_seed(s.seed) for s in all_settings], fused=True,
         should_stop=[None, None, stop_after_1], on_step=lambda step, parts: steps.append(parts[:, 0].tolist()),

@@ -26,7 +26,8 @@ def grid(cfg) -> dict[str, list[str]]:
 def test_the_default_search_is_still_optuna():
     cfg = hydra_config()
     assert cfg.hydra.sweeper._target_ == OPTUNA
-    assert set(cfg.hydra.sweeper.params) == {"loss.temperature", "loss.alpha"}
+    # KD's search space, the run's loss's (hydra.sweeper.spaces), joined with the empty params
+    assert set(cfg.hydra.sweeper.spaces.kd) == {"loss.temperature", "loss.alpha"} and not cfg.hydra.sweeper.params
 
 
 def test_the_search_group_switches_to_a_grid():
@@ -71,7 +72,7 @@ def test_a_command_line_sweep_adds_to_the_preset(tmp_path, tiny):
 def test_the_baseline_companion_runs_the_same_students_with_cross_entropy():
     students = grid(hydra_config("+study=student_size"))
     cfg = hydra_config("+study=student_size_ce")
-    assert cfg.hydra.sweeper._target_ == BASIC and cfg.loss.name == "ce" and cfg.loss.temperature is None
+    assert cfg.hydra.sweeper._target_ == BASIC and cfg.loss.name == "ce" and "temperature" not in cfg.loss
     assert grid(cfg) == {k: students[k] for k in ("model.student.width", "seed")}
 
 

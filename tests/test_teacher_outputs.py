@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdsweep.errors import DataError
-from kdsweep.losses import kd_loss
+from kdsweep.methods import KD
 from kdsweep.models import MLP
 from kdsweep.own_data import dataset_from_arrays
 from kdsweep.teacher import load_checkpoint, load_logits_file, save_teacher_logits
@@ -37,14 +37,14 @@ def hand_soft_term(student: torch.Tensor, teacher: torch.Tensor, temperature: fl
 
 def test_a_minus_inf_teacher_logit_is_probability_zero_not_nan():
     student, teacher, labels = issue_case()
-    parts = kd_loss(student, teacher, labels, temperature=4.0, alpha=1.0)
+    parts = KD(temperature=4.0, alpha=1.0)(student, teacher, labels)
     hand = hand_soft_term(student, teacher, 4.0)
     assert round(hand, 4) == 5.3460  # the issue's figure
     # float32 softmax and log of values of order 1, summed over 80 terms: 1e-5 relative is ~100 ulps.
     assert parts.soft.item() == pytest.approx(hand, rel=1e-5)
     assert parts.total.item() == pytest.approx(hand, rel=1e-5)  # alpha = 1: the soft term alone
     student.requires_grad_(True)
-    kd_loss(student, teacher, labels, temperature=4.0, alpha=0.5).total.backward()
+    KD(temperature=4.0, alpha=0.5)(student, teacher, labels).total.backward()
     assert torch.isfinite(student.grad).all()
 
 

@@ -226,7 +226,9 @@ def test_the_tradeoff_preset_composes_with_any_sampler(sampler):
 
     sweeper = hydra_config("+study=tradeoff", f"hydra/sweeper/sampler={sampler}").hydra.sweeper
     assert sweeper._target_ == OPTUNA
-    options = checked_options(OmegaConf.to_container(sweeper, resolve=True))
+    from hydra_plugins.kdsweep_sweeper._search_space import with_loss_space
+
+    options = checked_options(with_loss_space(OmegaConf.to_container(sweeper, resolve=True), "kd"))
     assert (options.objectives, options.directions) == (("best_val_acc", "student_params"), ("maximize", "minimize"))
     assert set(options.params) == {"loss.temperature", "loss.alpha", "model.student.width", "model.student.depth"}
     sampler_factory(options.sampler, {})  # the preset adds no option the sampler does not take

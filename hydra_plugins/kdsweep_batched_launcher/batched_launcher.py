@@ -2,7 +2,7 @@
 
 The Optuna sweeper hands a launcher `hydra.sweeper.n_jobs` jobs at a time (the basic sweeper hands it
 the whole grid, or `max_batch_size` jobs). This launcher groups them by the values of every key
-other than loss.temperature, loss.alpha and seed (a grid over model.student.width gives one group
+other than the loss's hyperparameters (loss.KEY, except loss._target_ and loss.name) and seed (a grid over model.student.width gives one group
 per width), trains each group of two or more as one model (`kdsweep.batched`), then runs each job
 through Hydra's `run_job`, as the basic launcher does, with a task that writes that trial's report: so
 every job gets its own folder, `.hydra/` configs, log, `metrics.json` and return value. A job alone
@@ -28,9 +28,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
-# The keys in which a batch's trials may differ: each trial's T, alpha and seed are its own in the
-# batched model. Everything else (data, architecture, schedule, optimizer, device) is shared.
-BATCHABLE_KEYS = ("loss.temperature", "loss.alpha", "seed")
+# The keys in which a batch's trials may differ: each trial's seed and loss hyperparameters (every
+# loss.KEY but these) are its own in the batched model (kdsweep.batched stacks them as (K,) tensors).
+# Everything else (data, architecture, schedule, optimizer, device, the loss class) is shared.
+BATCHABLE_KEYS = ("seed",)
+LOSS_IDENTITY_KEYS = ("loss._target_", "loss.name")
+
+
+def _batchable(key: str) -> bool:
+    return key in BATCHABLE_KEYS or (key.startswith("loss.") and key not in LOSS_IDENTITY_KEYS)
 
 
 @dataclass
@@ -61,9 +67,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def unbatchable_differences(task_configs: Sequence[DictConfig]) -> list[str]:
-    """The keys, other than BATCHABLE_KEYS, in which the configs differ (resolved values)."""
+    """The keys, other than the batchable ones (`_batchable`), in which the configs differ (resolved values)."""
     flat = [_flatten(OmegaConf.to_container(c, resolve=True)) for c in task_configs]
-    keys = sorted(set().union(*flat) - set(BATCHABLE_KEYS))
+    keys = sorted(k for k in set().union(*flat) if not _batchable(k))
     return [k for k in keys if any(f.get(k, "<missing>") != flat[0].get(k, "<missing>") for f in flat[1:])]
 
 

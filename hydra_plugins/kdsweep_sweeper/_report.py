@@ -126,14 +126,22 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
             f"{' ...' if len(tied) > 10 else ''}); the first found is named, as kdsweep.analysis does")
     lines = [
         f"Best of {len(complete)} COMPLETE trials{pruned} of study {study_name}: trial {trial.number}, "
-        f"T={g4(a.get('temperature'))}, alpha={g4(a.get('alpha'))}"
-        + "".join(f", {k}={g4(v)}" for k, v in trial.params.items() if k not in ("loss.temperature", "loss.alpha")),
+        + ", ".join(_point(a, trial.params)),
         f"  val acc {g4(trial.value)}, test acc {g4(a.get('test_acc'))}{gain}",
         f"  {ties}",
         where,
         f"  analyse: python -m kdsweep.analysis {shlex.quote(str(sweep_dir))}",
     ]
     return "\n".join(lines), results
+
+
+def _point(attrs: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The best trial's point: KD's T and alpha by their names (from its metrics), then the other
+    searched values; another loss method's (no KD temperature recorded) all by their keys (loss.beta=...)."""
+    if attrs.get("temperature") is None:
+        return [f"{k}={g4(v)}" for k, v in params.items()]
+    return [f"T={g4(attrs.get('temperature'))}", f"alpha={g4(attrs.get('alpha'))}",
+            *(f"{k}={g4(v)}" for k, v in params.items() if k not in ("loss.temperature", "loss.alpha"))]
 
 
 def write_results(sweep_dir: Path, results: dict[str, Any]) -> None:

@@ -76,6 +76,14 @@ def distribution(override: Override) -> BaseDistribution:
     raise ConfigError(f"{key}={override.input_line}: this sweep is not one Optuna can search; use {GRAMMAR}.")
 
 
+def with_loss_space(options: Mapping[str, Any], loss: str | None) -> dict[str, Any]:
+    """The sweeper's options with `params` = the search space of the run's loss (`spaces[loss]`, the
+    option chosen in the `loss` group; none for a loss without one) updated by `params` (a key in both:
+    params' range). Its keys come first, so KD's T and alpha lead as they always have."""
+    space = dict((options.get("spaces") or {}).get(loss) or {}) if loss is not None else {}
+    return {**options, "params": {**space, **(options.get("params") or {})}}
+
+
 def parse(params: Mapping[str, str] | None, arguments: Sequence[str]) -> SearchSpace:
     """The search space of `hydra.sweeper.params` and the command line's overrides (which win).
 

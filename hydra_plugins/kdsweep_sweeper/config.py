@@ -35,6 +35,9 @@ class KDSweepSweeperConf:
     # The official plugin's retired dict of distributions; kept so its configs load, refused if set.
     search_space: Optional[Dict[str, Any]] = None
     params: Optional[Dict[str, str]] = None
+    # Each loss's default search space, by its option in the `loss` group: the sweep searches the run's
+    # loss's together with `params` (_search_space.with_loss_space).
+    spaces: Optional[Dict[str, Any]] = None
     custom_search_space: Optional[str] = None
     # Seconds between a worker's heartbeats on its RUNNING trials. A RUNNING trial whose worker runs
     # on this host is failed as soon as that process is gone; one from another host once it has

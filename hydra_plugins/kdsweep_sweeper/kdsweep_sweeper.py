@@ -32,11 +32,13 @@ class KDSweepSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.kdsweep_sweeper._loop import SweepInterrupted, run_sweep
+        from hydra_plugins.kdsweep_sweeper._search_space import with_loss_space
         from kdsweep.errors import KDSweepError
 
         assert self.config is not None and self.hydra_context is not None
+        options = with_loss_space(self.options, self.config.hydra.runtime.choices.get("loss"))
         try:
-            run_sweep(self.hydra_context, self.config, self.launcher, self.options, arguments)
+            run_sweep(self.hydra_context, self.config, self.launcher, options, arguments)
         except KDSweepError as e:  # a problem the user can fix: one paragraph, no traceback
             sys.exit(f"kdsweep: error: {e}")
         except (KeyboardInterrupt, SweepInterrupted) as e:

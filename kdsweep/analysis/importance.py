@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from kdsweep.analysis.tables import NothingToCompare, complete
+from kdsweep.analysis.loading import hyperparameters
+from kdsweep.analysis.tables import NothingToCompare, complete, distilled, method_keys
 
 if TYPE_CHECKING:
     import optuna
@@ -25,19 +26,26 @@ if TYPE_CHECKING:
 # its share is the noise between seeds that the other parameters must beat. The student's size is
 # not: importances are computed per student (`importances_by_student`), since a wider student's
 # higher accuracy would otherwise swamp what T and alpha do.
-CANDIDATES = ["temperature", "alpha", "lr", "batch_size", "epochs", "seed"]
-LOG_SCALE = {"temperature", "lr"}
+# The loss method's own hyperparameters come first (`loading.hyperparameters`: KD's temperature and
+# alpha, DKD's loss.beta, ...), then these.
+CANDIDATES = ["lr", "batch_size", "epochs", "seed"]
+LOG_SCALE = {"temperature", "loss.temperature", "lr"}
 MIN_TRIALS = 5  # a forest fitted to fewer trials ranks noise
 
 
 def study_from_trials(trials: pd.DataFrame) -> optuna.Study:
     """An in-memory Optuna study holding the distilled trials: their varying parameters (of
-    CANDIDATES) and their val accuracy as the value. Raises NothingToCompare when nothing varies."""
+    CANDIDATES) and their val accuracy as the value; trials of one loss method (several: NothingToCompare,
+    rank each method's apart with `importances_by_student`). Raises NothingToCompare when nothing varies."""
     import optuna
 
     trials = complete(trials)
-    kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
-    params = [c for c in CANDIDATES if c in kd and kd[c].notna().all() and kd[c].nunique() > 1]
+    kd = distilled(trials)
+    if "loss" in kd and kd["loss"].nunique() > 1:
+        raise NothingToCompare(f"the trials mix loss methods ({sorted(kd['loss'].unique())}), whose parameters differ: "
+                               "rank each method's trials apart")
+    params = [c for c in [*hyperparameters(kd), *CANDIDATES]
+              if c in kd and kd[c].notna().all() and kd[c].nunique() > 1 and not kd[c].map(type).eq(bool).any()]
     if kd.empty or not params:
         raise NothingToCompare("no parameter varies between the distilled trials: nothing to rank")
     distributions = {c: _distribution(c, kd[c].astype(float)) for c in params}
@@ -95,8 +103,8 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
 def importances_by_student(trials: pd.DataFrame, by: Sequence[str], seed: int = 0) -> pd.DataFrame:
     """`parameter_importances` of the distilled trials of each student (the `by` columns that vary
     between trials, first in the table). Raises NothingToCompare when no student's trials can be ranked."""
-    kd = trials[trials["loss"] == "kd"] if "loss" in trials else trials.iloc[:0]
-    keys = [k for k in by if k in kd and kd[k].nunique(dropna=False) > 1]
+    kd = distilled(complete(trials))
+    keys = [k for k in method_keys(kd, by) if k in kd and kd[k].nunique(dropna=False) > 1]
     frames, errors = [], []
     for key, group in (kd.groupby(keys, dropna=False, sort=True) if keys else [((), kd)]):
         try:

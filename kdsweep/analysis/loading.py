@@ -36,6 +36,9 @@ SETTINGS = ["train_size", "labels", "transfer_set", "epochs", "batch_size", "lr"
 STUDENT = SIZE + SETTINGS
 # A metrics.json is complete when it holds at least these (a crashed or running trial has no file).
 REQUIRED = {"config": ("loss", "data", "seed"), "results": ("best_val_acc", "test_acc"), "timings": ()}
+# The columns of a loss method's hyperparameters: `loss.temperature`, `loss.beta`, ... (as swept).
+LOSS_PREFIX = "loss."
+KD_COLUMNS = ("temperature", "alpha")
 # Files that mark a sweep folder: Optuna sweeps write the first when they finish, grid sweeps the second.
 SWEEP_MARKERS = ("optimization_results.yaml", "multirun.yaml")
 
@@ -135,9 +138,33 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
         if missing := [k for k in keys if k not in part]:
             return skip(f"metrics.json is incomplete (no {section}.{missing[0]})")
     status = metrics.get("status", "complete")  # written by kdsweep since pruning; earlier trials all completed
+    config = loss_columns(metrics["config"])
     # size: the student's and teacher's measured size and speed (kdsweep.profiling), flat student_*/teacher_* keys
-    return {**metrics["config"], **(metrics.get("size") or {}), **metrics["results"], **metrics["timings"],
+    return {**config, **(metrics.get("size") or {}), **metrics["results"], **metrics["timings"],
             "status": status, "path": str(folder)}
+
+
+def loss_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's config with its loss method's hyperparameters (`loss_params`) as columns `loss.KEY`,
+    the config keys a sweep sets. KD's temperature and alpha keep the columns `temperature` and `alpha`
+    that metrics.json has always had (set for KD only), and are not repeated as `loss.temperature`."""
+    config = dict(config)
+    params = config.pop("loss_params", None) or {}
+    return {**config, **{f"{LOSS_PREFIX}{k}": v for k, v in params.items()
+                         if not (k in KD_COLUMNS and config.get(k) is not None)}}
+
+
+def hyperparameters(trials: pd.DataFrame) -> list[str]:
+    """The columns of the loss methods' hyperparameters that any of `trials` has: KD's `temperature`
+    and `alpha`, then every `loss.KEY`, in column order."""
+    columns = [c for c in trials.columns if c in KD_COLUMNS or c.startswith(LOSS_PREFIX)]
+    return [c for c in columns if trials[c].notna().any()]
+
+
+def parameter_label(column: str) -> str:
+    """How a hyperparameter column is written in a table: T for any temperature, else its key."""
+    key = column.removeprefix(LOSS_PREFIX)
+    return "T" if key == "temperature" else key
 
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -7,6 +7,8 @@ hollow and labelled n=1, because it has no interval at all.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import textwrap
 from collections.abc import Sequence
@@ -94,6 +96,12 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
     the points tied with it ringed."""
     from matplotlib.ticker import ScalarFormatter
 
+    kd = study.points[study.points["temperature"].notna() & study.points["alpha"].notna()] \
+        if {"temperature", "alpha"} <= set(study.points) else study.points.iloc[:0]
+    if kd.empty:
+        raise NothingToCompare("no KD trials: the (T, alpha) plane is KD's; the other methods' points are in the "
+                               "t_alpha_points table and the gain plot")
+    study = dataclasses.replace(study, points=kd, best=study.best[study.best["temperature"].notna()])
     groups = _groups(study.points, study.by)
     fig, axes = _figure(len(groups), width=6.0, height=4.6)
     for ax, (name, points) in zip(axes, groups):
@@ -126,6 +134,8 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
     """Val accuracy (solid, 95 % t interval over the bin's trials) and test accuracy (dashed) against
     the bins of T, or of alpha with one curve per range of T; one panel per student; baselines grey."""
     table = study.by_temperature if column == "temperature" else study.by_alpha
+    if table.empty:
+        raise NothingToCompare(f"no KD trials: the curve of accuracy against {column} is KD's")
     groups = _groups(table, study.by)
     fig, axes = _figure(len(groups), width=6.5, height=4.6, max_cols=2)
     for ax, (name, frame) in zip(axes, groups):
@@ -155,8 +165,10 @@ def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
     return fig
 
 
-def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequence[str] = ()) -> Figure:
-    """The test-accuracy gain over the baseline at each (T, alpha), paired by seed, with its 95 %
+def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequence[str] = (),
+               params: Sequence[str] = ("temperature", "alpha")) -> Figure:
+    """The test-accuracy gain over the baseline at each point (`params`: its hyperparameter columns,
+    KD's T and alpha by default; one panel per method and student), paired by seed, with its 95 %
     interval: green where it lies above 0, red below, grey where it contains 0; hollow for one seed.
     Raises NothingToCompare when no point has a gain (no baselines)."""
     points = points[points["gain"].notna()] if "gain" in points else points.iloc[:0]
@@ -164,10 +176,10 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequ
         raise NothingToCompare("no (T, alpha) point has a paired baseline: no gains to plot")
     groups = _groups(points, keys_in(points, by))
     tallest = max(len(g) for _, g in groups)
-    longest = max(len(point_label(r, searched)) for _, r in points.iterrows()) + 6
+    longest = max(len(point_label(r, searched, params)) for _, r in points.iterrows()) + 6
     fig, axes = _figure(len(groups), width=3.6 + 0.075 * longest, height=1.6 + 0.28 * tallest, max_cols=2)  # room for the labels
     for ax, (name, frame) in zip(axes, groups):
-        frame = frame.sort_values(["temperature", "alpha"], ascending=False)
+        frame = frame.sort_values([p for p in params if p in frame], ascending=False)
         for y, (_, r) in enumerate(frame.iterrows()):
             verdict = "pays" if r["gain_low"] > 0 else "hurts" if r["gain_high"] < 0 else "cannot tell"  # NaN: neither
             _point(ax, 100 * r["gain"], y, 100 * r["gain_low"], 100 * r["gain_high"], int(r["n_paired"]),
@@ -175,14 +187,14 @@ def plot_gains(points: pd.DataFrame, by: Sequence[str] = STUDENT, searched: Sequ
         ax.axvline(0, color="grey", linewidth=1, label="baseline (gain 0)")
         low, high = ax.get_xlim()
         ax.set_xlim(min(low, -0.05 * (high - low)), max(high, 0.05 * (high - low)))  # 0 never on the frame
-        ax.set_yticks(range(len(frame)), [f"{point_label(r, searched)} (n={int(r['n_paired'])})" for _, r in frame.iterrows()],
+        ax.set_yticks(range(len(frame)), [f"{point_label(r, searched, params)} (n={int(r['n_paired'])})" for _, r in frame.iterrows()],
                       fontsize="small")
         seeds = int(frame["n_paired"].max())
         n_test = frame["n_test"].dropna().max() if frame["n_test"].notna().any() else None
         how = ("95 % paired t intervals (hollow: one seed)" if seeds > 1
                else "one seed per point: no intervals, so no point can be told from noise")
         ax.set(xlabel="gain in test accuracy (points)",
-               title=_title(name, "gain over the baseline at each (T, alpha)", how,
+               title=_title(name, "gain over the baseline at each point", how,
                             ("up to " if frame["n_paired"].nunique() > 1 else "") + evidence(seeds, n_test)))
     return fig
 

@@ -45,21 +45,25 @@ def build_report(trials: pd.DataFrame, source: str, study: optuna.Study | None =
     if trials.empty:
         raise FileNotFoundError(f"no trials (metrics.json files) in {source}")
     report = Report(source=source, tables={"trials": trials})
-    if not (tables.complete(trials)["loss"] == "kd").any():
-        report.summary.append(f"{len(trials)} trials from {source}{_pruned(trials)}, none distilled (loss=kd) that "
+    if tables.distilled(tables.complete(trials)).empty:
+        report.summary.append(f"{len(trials)} trials from {source}{_pruned(trials)}, none distilled (a loss other than ce) that "
                               "trained every epoch: nothing to compare.")
         return report
     t_alpha = tables.optimal_t_alpha(trials)
     report.tables.update(best_t_alpha=t_alpha.best, t_alpha_points=t_alpha.points,
                          accuracy_by_temperature=t_alpha.by_temperature, accuracy_by_alpha=t_alpha.by_alpha)
-    report.figures.update(t_alpha_plane=plots.plot_t_alpha_plane(t_alpha),
-                          accuracy_vs_temperature=plots.plot_marginal(t_alpha, "temperature"),
-                          accuracy_vs_alpha=plots.plot_marginal(t_alpha, "alpha"))
+    for figure, draw in (("t_alpha_plane", lambda: plots.plot_t_alpha_plane(t_alpha)),
+                         ("accuracy_vs_temperature", lambda: plots.plot_marginal(t_alpha, "temperature")),
+                         ("accuracy_vs_alpha", lambda: plots.plot_marginal(t_alpha, "alpha"))):
+        try:  # KD's figures: other methods' points are in the tables and the gain plot
+            report.figures[figure] = draw()
+        except tables.NothingToCompare as e:
+            report.notes.append(str(e))
     sizes = None
     try:
         sizes = tables.student_size_study(trials)
         report.tables.update(student_size=sizes, student_vs_baseline=tables.compare_student_vs_baseline(trials))
-        report.figures["gain_by_t_alpha"] = plots.plot_gains(t_alpha.points, t_alpha.by, t_alpha.searched)
+        report.figures["gain_by_t_alpha"] = plots.plot_gains(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.params)
         report.figures["gain_vs_student_size"] = plots.plot_gain_vs_size(sizes)
     except tables.NothingToCompare as e:  # no baselines, or a single student size: the rest stands
         report.notes.append(str(e))
@@ -97,13 +101,14 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
               ranked: pd.DataFrame | None) -> list[str]:
     """The report's findings as sentences: the chosen (T, alpha) with its ties and the baseline, where
     distillation pays, hurts or cannot be told from noise, and which parameter matters."""
-    kd = int((trials["loss"] == "kd").sum())
+    kd = len(tables.distilled(trials))
     lines = [f"{len(trials)} trials ({kd} distilled) from {source}{_pruned(trials)}."]
     for _, best in t_alpha.best.iterrows():
         name = _student(best, t_alpha)
         first = f" (trial {best['first_trial']})" if best["first_trial"] is not pd.NA else ""
-        text = (f"{name}{'b' if name else 'B'}est (T, alpha) by val accuracy over {evidence_seeds(best['n_seeds'])}: "
-                f"{tables.point_label(best, t_alpha.searched)}{first}, val {best['val_acc']:.4f}")
+        what = "(T, alpha)" if list(t_alpha.params) == ["temperature", "alpha"] else "point"
+        text = (f"{name}{'b' if name else 'B'}est {what} by val accuracy over {evidence_seeds(best['n_seeds'])}: "
+                f"{tables.point_label(best, t_alpha.searched, t_alpha.params)}{first}, val {best['val_acc']:.4f}")
         if best["n_tied"] > 1:
             text += (f"; {best['n_tied']} points tie at that val accuracy (also {best['tied_with']}): the one found "
                      "first is named")
@@ -119,7 +124,8 @@ def summarize(trials: pd.DataFrame, source: str, t_alpha: tables.TAlphaStudy, si
             row = row.iloc[0]
             ci = Interval(row["gain"], row["gain_low"], row["gain_high"], int(row["n_seeds"]), row["gain_std"])
             lines.append(f"{name}{'at' if name else 'At'} that point, {describe(ci, _n(row['n_test']))}.")
-    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best, rerun_with_seeds(trials, t_alpha)))
+    lines.append(_where(t_alpha.points, t_alpha.by, t_alpha.searched, t_alpha.best, rerun_with_seeds(trials, t_alpha),
+                        t_alpha.params))
     if ranked is not None:
         method = next(m for m in importance.METHODS if m in ranked)
         keys = [k for k in t_alpha.by if k in ranked]
@@ -179,8 +185,8 @@ def rerun_with_seeds(trials: pd.DataFrame, t_alpha: tables.TAlphaStudy, seeds: s
         return None
     commands = []
     for _, best in t_alpha.best.iterrows():
-        kd = trials[(trials["loss"] == "kd") & (trials["temperature"] == best["temperature"]) & (trials["alpha"] == best["alpha"])]
-        for key in [*t_alpha.by, *t_alpha.searched]:
+        kd = tables.distilled(trials)
+        for key in [*t_alpha.by, *t_alpha.params, *t_alpha.searched]:  # the point: the method's own values
             if key in kd:  # a NaN key (a setting the trials lack) matches NaN
                 kd = kd[(kd[key] == best[key]) | (kd[key].isna() & (best[key] != best[key]))]
         if kd.empty:
@@ -189,7 +195,8 @@ def rerun_with_seeds(trials: pd.DataFrame, t_alpha: tables.TAlphaStudy, seeds: s
         try:
             line = trial_command(folder, {"search": "grid", "seed": seeds}, multirun=True)
         except ConfigError as e:
-            point = f"loss.temperature={best['temperature']:.6g} loss.alpha={best['alpha']:.6g}"
+            point = " ".join(f"{c if c.startswith('loss.') else 'loss.' + c}={best[c]:.6g}" for c in t_alpha.params
+                             if pd.notna(best[c]) and not isinstance(best[c], (bool, np.bool_)))
             line = (f"python -m kdsweep.run -m search=grid {point} seed={seeds}. Add the sweep's own overrides (data, "
                     f"model, epochs, ...): {str(e).rstrip('.')}")
         commands.append(f"{_student(best, t_alpha)}{line}")
@@ -197,7 +204,7 @@ def rerun_with_seeds(trials: pd.DataFrame, t_alpha: tables.TAlphaStudy, seeds: s
 
 
 def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str], best: pd.DataFrame | None = None,
-           rerun: str | None = None) -> str:
+           rerun: str | None = None, params: Sequence[str] = ("temperature", "alpha")) -> str:
     """Across the (T, alpha) points: where the paired gain's interval lies above 0, below 0, or neither."""
     if "gain" not in points_table or points_table["gain"].isna().all():
         return "No trial has a paired baseline (baseline=false and no loss=ce runs): the gain is unknown."
@@ -209,7 +216,8 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
         # The command names each student's chosen point (the tie rule's), ready to paste (`rerun`).
         point = "loss.temperature=T loss.alpha=ALPHA"
         if best is not None and len(best) == 1:
-            point = f"loss.temperature={best['temperature'].iloc[0]:.6g} loss.alpha={best['alpha'].iloc[0]:.6g}"
+            point = " ".join(f"{c if c.startswith('loss.') else 'loss.' + c}={best[c].iloc[0]:.6g}" for c in params
+                             if pd.notna(best[c].iloc[0]) and not isinstance(best[c].iloc[0], (bool, np.bool_)))
         return (f"Every (T, alpha) point was run with one seed, so no single point has an interval: the {len(known)} "
                 f"gains range from {g.min():+.1f} to {g.max():+.1f} points (median {g.median():+.1f}) on "
                 f"{n_test or 'an unknown number of'} "
@@ -219,7 +227,7 @@ def _where(points_table: pd.DataFrame, by: Sequence[str], searched: Sequence[str
     vary = [k for k in by if points_table[k].nunique(dropna=False) > 1]
 
     def at(rows: pd.DataFrame) -> str:
-        return "; ".join(f"{plots._label(r, vary) + ' ' if vary else ''}{tables.point_label(r, searched)} "
+        return "; ".join(f"{plots._label(r, vary) + ' ' if vary else ''}{tables.point_label(r, searched, params)} "
                          f"({points(r['gain'])} points, "
                          f"{points(r['gain_low'])} to {points(r['gain_high'])})" for _, r in rows.iterrows())
 

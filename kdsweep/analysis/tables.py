@@ -1,4 +1,8 @@
-"""The study tables: the best (T, alpha) with its ties, the marginal curves, and the gain per student.
+"""The study tables: the best point of each loss method with its ties, the marginal curves, and the gain per student.
+
+A point is a method's own hyperparameters (KD's T and alpha, DKD's alpha, beta and T, ...: the
+columns of `loading.hyperparameters` that vary); trials of several methods are grouped by method
+(`loss`) first. Where this module says (T, alpha), it means KD's point, the common case.
 
 Choices are made on validation accuracy only (averaged over seeds), by `kdsweep.selection.best_with_ties`,
 the rule the sweeper's end-of-sweep summary uses too; test accuracy is reported beside them and never
@@ -15,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kdsweep.analysis.intervals import Interval, paired_interval
-from kdsweep.analysis.loading import SETTINGS, STUDENT
+from kdsweep.analysis.loading import KD_COLUMNS, SETTINGS, STUDENT, hyperparameters, parameter_label
 from kdsweep.selection import best_with_ties
 
 class NothingToCompare(ValueError):
@@ -32,12 +36,30 @@ def complete(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "complete"] if "status" in df else df
 
 
+def distilled(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials of a loss with a teacher: every loss but the cross-entropy baseline's (`ce`)."""
+    return df[df["loss"] != "ce"] if "loss" in df else df.iloc[:0]
+
+
 def _kd(df: pd.DataFrame) -> pd.DataFrame:
-    df = complete(df)
-    kd = df[df["loss"] == "kd"] if "loss" in df else df.iloc[:0]
+    kd = distilled(complete(df))
     if kd.empty:
-        raise ValueError("no distilled (loss=kd) trials to study")
+        raise ValueError("no distilled trials (a loss other than ce) to study")
     return kd
+
+
+def point_columns(kd: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns that make a point: those that vary within some method's trials, and
+    KD's T and alpha wherever KD ran (so a KD grid over T alone still shows alpha)."""
+    params = hyperparameters(kd)
+    by_method = kd.groupby("loss", dropna=False) if "loss" in kd else [("", kd)]
+    vary = {c for _, g in by_method for c in params if g[c].nunique() > 1}
+    return [c for c in params if c in vary or c in KD_COLUMNS]
+
+
+def method_keys(kd: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """`by`, with the loss method first when the trials mix methods (each is studied apart)."""
+    return ["loss", *by] if "loss" in kd and kd["loss"].nunique() > 1 and "loss" not in by else list(by)
 
 
 def keys_in(df: pd.DataFrame, by: Sequence[str]) -> list[str]:
@@ -127,9 +149,10 @@ class TAlphaStudy:
     by: list[str]
     points: pd.DataFrame  # every (T, alpha) tried, per group: accuracy over seeds, gain with its interval
     best: pd.DataFrame  # one row per group: the chosen point, its ties and the baseline's val accuracy
-    by_temperature: pd.DataFrame  # accuracy against T (binned when T was searched continuously)
-    by_alpha: pd.DataFrame  # accuracy against alpha within each range of T
+    by_temperature: pd.DataFrame  # accuracy against KD's T (binned when T was searched continuously); empty without KD
+    by_alpha: pd.DataFrame  # accuracy against KD's alpha within each range of T; empty without KD
     searched: list[str] = field(default_factory=list)  # training settings searched with T and alpha (say lr)
+    params: list[str] = field(default_factory=lambda: list(KD_COLUMNS))  # the point's hyperparameter columns
 
 
 def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStudy:
@@ -144,29 +167,40 @@ def optimal_t_alpha(df: pd.DataFrame, by: Sequence[str] = STUDENT) -> TAlphaStud
     """
     kd = with_baselines(df)
     searched = searched_settings(kd, SETTINGS)
-    by = [k for k in keys_in(kd, by) if k not in searched]
-    points = _summarise(kd, [*by, "temperature", "alpha", *searched])
+    by = method_keys(kd, [k for k in keys_in(kd, by) if k not in searched])
+    params = point_columns(kd)
+    points = _summarise(kd, [*by, *params, *searched])
     best_rows = []
     for _, group in (points.groupby(by, dropna=False, sort=True) if by else [((), points)]):
         pick = best_with_ties(group["val_acc"].tolist(), order=group["_order"].tolist())
         row = group.iloc[pick.index].copy()
         others = [group.iloc[i] for i in pick.tied if i != pick.index]
         row["n_tied"] = pick.n_tied
-        row["tied_with"] = "; ".join(point_label(p, searched) for p in others)
+        row["tied_with"] = "; ".join(point_label(p, searched, params) for p in others)
         best_rows.append(row)
     best = pd.DataFrame(best_rows).reset_index(drop=True)
-    t_label, t_from = bins(kd["temperature"], "temperature")
-    return TAlphaStudy(
-        by=by, searched=searched, points=points.drop(columns="_order"), best=best.drop(columns="_order"),
-        by_temperature=_marginal(kd, by, "temperature").drop(columns="_order"),
-        by_alpha=_marginal(kd.assign(temperature_range=t_label, temperature_from=t_from),
-                           [*by, "temperature_from", "temperature_range"], "alpha").drop(columns="_order"),
-    )
+    # The marginal curves over T and alpha are KD's (other methods' are in `points`)
+    kd_only = kd[kd["temperature"].notna() & kd["alpha"].notna()] if set(KD_COLUMNS) <= set(kd) else kd.iloc[:0]
+    if kd_only.empty:
+        by_temperature = by_alpha = pd.DataFrame()
+    else:
+        t_label, t_from = bins(kd_only["temperature"], "temperature")
+        by_temperature = _marginal(kd_only, by, "temperature").drop(columns="_order")
+        by_alpha = _marginal(kd_only.assign(temperature_range=t_label, temperature_from=t_from),
+                             [*by, "temperature_from", "temperature_range"], "alpha").drop(columns="_order")
+    return TAlphaStudy(by=by, searched=searched, points=points.drop(columns="_order"), best=best.drop(columns="_order"),
+                       by_temperature=by_temperature, by_alpha=by_alpha, params=params)
 
 
-def point_label(row: pd.Series, searched: Sequence[str] = ()) -> str:
-    """'T=2, alpha=0.5' (and any searched setting: ', lr=0.001')."""
-    return ", ".join([f"T={row['temperature']:.4g}", f"alpha={row['alpha']:.4g}", *(f"{k}={row[k]:.4g}" for k in searched)])
+def point_label(row: pd.Series, searched: Sequence[str] = (), params: Sequence[str] = KD_COLUMNS) -> str:
+    """'T=2, alpha=0.5' (a method's own hyperparameters among `params` that the row has, then any
+    searched setting: ', lr=0.001')."""
+    values = [(parameter_label(c), row[c]) for c in params if c in row and pd.notna(row[c])]
+    return ", ".join([*(f"{k}={_number(v)}" for k, v in values), *(f"{k}={row[k]:.4g}" for k in searched)])
+
+
+def _number(value: object) -> str:
+    return str(value).lower() if isinstance(value, (bool, np.bool_)) else f"{float(value):.4g}"
 
 
 def bins(values: pd.Series, column: str) -> tuple[list[str], np.ndarray]:
@@ -208,10 +242,11 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
     NothingToCompare when no distilled trial has a baseline with the same student and seed."""
     kd = with_baselines(df)
     searched = searched_settings(kd, SETTINGS)
-    keys = [k for k in keys_in(kd, STUDENT) if k not in searched]
-    point = [*keys, "temperature", "alpha", *searched]
-    best = optimal_t_alpha(df, by=keys).best[[*point, "n_tied"]]
-    chosen = kd.merge(best, on=point)  # the best point's trial, one per seed
+    keys = method_keys(kd, [k for k in keys_in(kd, STUDENT) if k not in searched])
+    study = optimal_t_alpha(df, by=keys)
+    point = [*keys, *study.params, *searched]
+    best = study.best[[*point, "n_tied"]]
+    chosen = _merge_points(kd, best, point)  # the best point's trial, one per seed
     paired = chosen[chosen["gain"].notna()]
     if paired.empty:
         raise NothingToCompare("no distilled trial has a baseline with the same student and seed "
@@ -223,9 +258,9 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
             **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
             "n_seeds": g["seed"].nunique(),
             "n_test": g["n_test"].max() if "n_test" in g and g["n_test"].notna().any() else pd.NA,
-            "best_temperature": g["temperature"].iloc[0], "best_alpha": g["alpha"].iloc[0],
+            **_best_values(g.iloc[0], study.params),
             **{f"best_{k}": g[k].iloc[0] for k in searched}, "n_tied": g["n_tied"].iloc[0],
-            "distilled_with": point_label(g.iloc[0], searched),
+            "distilled_with": point_label(g.iloc[0], searched, study.params),
             "baseline_val_acc": g["baseline_val_acc"].mean(), "baseline_test_acc": g["baseline_test_acc"].mean(),
             "distilled_val_acc": g["best_val_acc"].mean(), "distilled_test_acc": g["test_acc"].mean(),
             "gain": ci.mean, "gain_low": ci.low, "gain_high": ci.high, "gain_excludes_0": ci.excludes_zero,
@@ -235,6 +270,25 @@ def student_size_study(df: pd.DataFrame) -> pd.DataFrame:
             "baseline_source": ", ".join(sorted(set(g["baseline_source"]))),
         })
     return pd.DataFrame(rows)
+
+
+def _best_values(row: pd.Series, params: Sequence[str]) -> dict[str, Any]:
+    """`best_KEY` for each hyperparameter of the point (best_temperature, best_alpha, best_beta, ...);
+    KD's `temperature` and another method's `loss.temperature` share one column, each row filling it."""
+    values: dict[str, Any] = {}
+    for column in params:
+        name = f"best_{column.removeprefix('loss.')}"
+        if pd.notna(row[column]) or name not in values:
+            values[name] = row[column]
+    return values
+
+
+def _merge_points(kd: pd.DataFrame, best: pd.DataFrame, point: list[str]) -> pd.DataFrame:
+    """The trials at the chosen points: a merge on the point's columns in which NaN (a
+    hyperparameter another method has) matches NaN, as the grouping that chose them treats it."""
+    fill = {c: "<none>" for c in point if kd[c].isna().any() or best[c].isna().any()}
+    as_text = lambda f: f.astype({c: object for c in fill}).fillna(fill)  # noqa: E731
+    return as_text(kd).merge(as_text(best), on=point).replace({c: {"<none>": np.nan} for c in fill})
 
 
 def gain_vs_labels(df: pd.DataFrame) -> pd.DataFrame:
