@@ -113,7 +113,7 @@ def state_key(settings: Any) -> str:
 
     pruning = settings.pruning
     return cache.spec_key({
-        "data": settings.data, "loss": asdict(settings.loss), "train": asdict(settings.train),
+        "data": settings.data, "loss": [type(settings.loss).__qualname__, asdict(settings.loss)], "train": asdict(settings.train),
         "teacher": asdict(settings.teacher), "teacher_arch": settings.teacher_arch,
         "student_arch": settings.student_arch, "optimizer": settings.optimizer, "seed": settings.seed,
         "trial": None if pruning is None else [pruning.study_name, pruning.trial_number],
