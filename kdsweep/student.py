@@ -323,6 +323,7 @@ def _place_best(sweep_dir: Path, trial: int | None, keep: str) -> Path | None:
     if hashlib.sha256(blob).hexdigest() != manifest["weights"]["sha256"]:
         raise StudentError(f"{folder / WEIGHTS} does not match its manifest's SHA-256; no best student placed.")
     best_dir = sweep_dir / BEST
+    _drop_stale_exports(best_dir, manifest["weights"]["sha256"])
     cache.atomic_write(best_dir / WEIGHTS, lambda f: f.write(blob))  # weights first, as save_student does
     text = json.dumps({**manifest, "best_of": {"sweep_dir": str(sweep_dir.resolve()), "trial": trial}}, indent=2)
     cache.atomic_write(best_dir / MANIFEST, lambda f: f.write(text), mode="w")
@@ -335,6 +336,23 @@ def _place_best(sweep_dir: Path, trial: int | None, keep: str) -> Path | None:
                 for name in (MANIFEST, WEIGHTS):  # the manifest first: no manifest names missing weights
                     (other / name).unlink(missing_ok=True)
     return best_dir
+
+
+def _drop_stale_exports(best_dir: Path, sha256: str) -> None:
+    """Delete the exports in `best_dir` (student.onnx, ...) made from another student than the one with
+    weights `sha256` about to be placed there: an export beside a newer best would pass for its export."""
+    try:
+        placed = json.loads((best_dir / MANIFEST).read_text())["weights"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        placed = None
+    if placed == sha256:
+        return
+    stale = sorted(p for p in best_dir.glob("*") if p.is_file() and p.name not in (WEIGHTS, MANIFEST))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("A new best student replaces the one in %s; its exports were made from the old one and are "
+                 "deleted: %s (export again)", best_dir, ", ".join(p.name for p in stale))
 
 
 def finish_sweep(sweep_dir: Path, keep: str, trial: int | None) -> None:

@@ -24,7 +24,7 @@ from kdsweep.errors import DataError
 from kdsweep.export import export_student, main as export_main, tolerance
 from kdsweep.metrics import predict_logits
 from kdsweep.selection import best_with_ties
-from kdsweep.student import (MANIFEST, WEIGHTS, StudentError, evaluation_data, read_manifest,
+from kdsweep.student import (MANIFEST, WEIGHTS, StudentError, evaluation_data, place_best, read_manifest,
                              recomputed_test_accuracy, save_student)
 from kdsweep.student import main as student_main
 
@@ -303,3 +303,22 @@ def test_a_missing_export_extra_is_one_line(run_dir, monkeypatch, capsys):
     assert not (run_dir / "student.onnx").exists()
     with pytest.raises(Exception, match="--format pdf is not one kdsweep exports"):
         export_student(run_dir, "pdf")
+
+
+def test_a_new_best_student_deletes_the_exports_of_the_old_one(run_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dir, sweep / "0")
+    manifest = read_manifest(sweep / "0")
+    place_best(sweep, trial=0)
+    (sweep / "best" / "student.onnx").write_bytes(b"an export of trial 0's student")
+    place_best(sweep, trial=0)  # the same student placed again: its export still describes it
+    assert (sweep / "best" / "student.onnx").exists()
+    other = load_student(sweep / "0")
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # another trial's student: other weights
+    (sweep / "1").mkdir()
+    shutil.copy(sweep / "0" / "metrics.json", sweep / "1")  # a trial folder: its report beside its student
+    save_student(sweep / "1", other, {**manifest, "trial": 1})
+    place_best(sweep, trial=1)
+    assert sorted(p.name for p in (sweep / "best").iterdir()) == [MANIFEST, WEIGHTS]
+    assert (sweep / "best" / WEIGHTS).read_bytes() == (sweep / "1" / WEIGHTS).read_bytes()
