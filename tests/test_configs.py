@@ -237,3 +237,14 @@ def test_the_grid_studies_run_every_method_on_its_own_grid(study, loss):
     for point in itertools.product(*swept.values()):
         node = compose_config(f"loss={loss}", *(f"{k}={v}" for k, v in zip(swept, point))).loss
         make_loss(OmegaConf.to_container(node))
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "study").glob("*.yaml")))
+def test_a_preset_rerun_as_a_grid_of_seeds_composes_into_the_basic_sweeper(preset):
+    # The analysis's re-run command keeps the sweep's `+study=PRESET` and adds `search=grid seed=...`:
+    # the preset's sweeper settings must go with its search choice, not stay behind as keys Hydra's
+    # basic sweeper refuses (a multi-objective preset's `objectives` and `direction` did).
+    cfg = compose_config(f"+study={preset}", "search=grid", return_hydra_config=True)
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
+    assert sweeper["_target_"].endswith("BasicSweeper")
+    assert set(sweeper) <= {"_target_", "max_batch_size", "params"}
