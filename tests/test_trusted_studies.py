@@ -332,6 +332,8 @@ def test_a_second_study_in_the_first_ones_sweep_folder_is_refused_and_its_trials
     assert "not those of study second" in err and "hydra.sweep.dir=NEW_FOLDER" in err and "\n" not in err
     assert read_metrics(work / "shared" / "0") == before
     assert sorted(p.name for p in (work / "shared").iterdir() if p.name.isdigit()) == ["0"]
+    # Refused before any trial: the storage holds the first study alone, not an empty second one.
+    assert optuna.get_all_study_names(f"sqlite:///{work / 'outputs' / 'optuna.db'}") == ["first"]
 
 
 # ------------------------------------------------------------------------------ options checked alone and together

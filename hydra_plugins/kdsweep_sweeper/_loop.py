@@ -296,7 +296,12 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     where = storage_url(opts.storage, str(config.hydra.runtime.cwd))
     study = open_study(where, name, opts, ident)
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    _folders.claim_sweep_dir(study, where, sweep_dir)  # refuses a folder that holds another study's trials
+    try:
+        _folders.claim_sweep_dir(study, where, sweep_dir)  # refuses a folder that holds another study's trials
+    except ConfigError:
+        if not study.get_trials(deepcopy=False):  # a refused sweep leaves no empty study behind either
+            optuna.delete_study(study_name=name, storage=study._storage)  # noqa: SLF001
+        raise
     sampler_name = type(make_sampler(0)).__name__.lstrip("_")
     log.info("Study %s in %s: %s with %s, %d finished (COMPLETE or PRUNED) trials as the target "
              "(shared by every worker); trial folders in %s", name, where.shown,
