@@ -252,7 +252,9 @@ def evaluation_data(manifest: dict[str, Any]) -> Dataset:
     want = manifest["data"].get("fingerprint")
     if want is not None and data.fingerprint != want:
         raise DataError(f"the data of {spec.get('path') or spec.get('name')} changed since the student was trained: its "
-                        f"contents hash to {data.fingerprint}, the student's manifest records {want}.")
+                        f"contents hash to {data.fingerprint}, the student's manifest records {want}. Its test accuracy and an "
+                        "export's check need the test inputs it was scored on: put the file it was trained on back at "
+                        "that path. kdsweep.load_student(PATH) still gives the network itself, without its data.")
     return data
 
 

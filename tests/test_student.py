@@ -213,8 +213,10 @@ def test_a_student_of_your_own_data_file_and_a_changed_file(tmp_path, one_thread
     # The file's contents change: the student's test set is no longer the one its accuracy was measured on.
     np.savez(tmp_path / "mine.npz", x_train=x[:100], y_train=y[:100], x_test=-x[100:], y_test=y[100:])
     with pytest.raises(DataError, match=r"the data of .*mine\.npz changed since the student was trained: its contents "
-                                        r"hash to \w+, the student's manifest records \w+"):
+                                        r"hash to \w+, the student's manifest records \w+\. .*put the file it was "
+                                        r"trained on back at that path"):
         recomputed_test_accuracy(run)
+    assert load_student(run) is not None  # the network itself needs no data
 
 
 def test_a_torn_or_foreign_file_is_refused_with_one_paragraph(run_dir, tmp_path):
