@@ -24,7 +24,6 @@ same cores slow each other, and the cached figure keeps whatever the first measu
 
 from __future__ import annotations
 
-import io
 import logging
 import platform
 import statistics
@@ -51,15 +50,15 @@ MIN_REPEATS = 3  # a network slow enough to pass BUDGET_SECONDS gets this many b
 BUDGET_SECONDS = 2.0  # per batch size: a large teacher on a CPU stops repeating here (a block can be one call)
 WARMUP_SECONDS = 0.1  # untimed calls first (allocator, kernels, caches), which also size a timed block
 # The measurement's own definition: bump it when `measure` changes, so older cached figures are redone.
-METHOD = 2
+METHOD = 3
 FIGURES = ("params", "bytes", "flops", "latency_ms", "throughput")
 
 
 def state_dict_bytes(net: nn.Module) -> int:
-    """Bytes of `torch.save(net.state_dict(), f)` for a file with a 7-character stem (see the module docstring)."""
-    buffer = io.BytesIO()  # torch.save names a buffer's records "archive": 7 characters, as "student"
-    torch.save(net.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
+    """Bytes of the network's weights file as kdsweep writes a student's (`student.pt`: see the module docstring)."""
+    from kdsweep.student import weights_blob
+
+    return len(weights_blob(net))
 
 
 def flops_per_example(net: nn.Module, example: torch.Tensor) -> int:

@@ -79,6 +79,16 @@ def manifest_for(settings: TrialSettings, inputs: TrialInputs, metrics: dict[str
     }
 
 
+def weights_blob(net: nn.Module) -> bytes:
+    """The bytes of `student.pt` for `net`: its state dict as plain CPU tensors in a plain dict (no
+    module metadata: it loads with torch.load(weights_only=True)), as torch.save writes it."""
+    import torch
+
+    buffer = io.BytesIO()  # torch.save names a buffer's records "archive": 7 characters, as "student"
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
 def save_student(folder: Path, student: nn.Module, manifest: dict[str, Any]) -> Path:
     """Write `folder/student.pt` (the state dict, on the CPU) and `folder/student.json` (the manifest
     with the weights' SHA-256 and size), each atomically, the weights first. Returns the weights' path."""
@@ -86,9 +96,7 @@ def save_student(folder: Path, student: nn.Module, manifest: dict[str, Any]) -> 
 
     from kdsweep import cache
 
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, buffer)
-    blob = buffer.getvalue()
+    blob = weights_blob(student)
     weights = folder / WEIGHTS
     cache.atomic_write(weights, lambda f: f.write(blob))
     manifest = {**manifest, "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}}

@@ -36,11 +36,13 @@ def test_cnn_flops_match_the_hand_count():
     assert profiling.flops_per_example(net, torch.rand(1, *DIGIT)) == conv1 + conv2 + fc1 + fc2 == 4252
 
 
-def test_bytes_equal_the_file_torch_save_writes(tmp_path):
-    for net in (MLP(DIGIT, 10, width=8), SmallCNN(DIGIT, 10, channels=(4, 8), hidden=16)):
-        for name in ("student.pt", "teacher.pt"):  # a 7-character stem, as the module docstring says
-            torch.save(net.state_dict(), tmp_path / name)
-            assert profiling.state_dict_bytes(net) == (tmp_path / name).stat().st_size
+def test_bytes_equal_the_student_file_kdsweep_writes(tmp_path):
+    from kdsweep.student import save_student
+
+    for i, net in enumerate((MLP(DIGIT, 10, width=8), SmallCNN(DIGIT, 10, channels=(4, 8), hidden=16))):
+        (tmp_path / str(i)).mkdir()
+        weights = save_student(tmp_path / str(i), net, {})  # the student.pt a run leaves
+        assert profiling.state_dict_bytes(net) == weights.stat().st_size
 
 
 def test_an_architecture_is_measured_once_then_read_from_the_cache(tmp_path):
