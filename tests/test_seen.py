@@ -58,3 +58,21 @@ def test_importances_of_trials_that_all_tie_say_nothing_can_be_told_apart():
     with pytest.raises(NothingToCompare, match=r"all 6 complete trials tie at val accuracy 0.875: no parameter can be "
                                                r"told apart from another"):
         parameter_importances(study)
+
+
+def test_no_accuracy_against_alpha_plot_for_a_sweep_whose_alpha_was_fixed(tmp_path):
+    from analysis_trials import acc, write_trial
+    from kdsweep import analysis
+    from kdsweep.analysis import plots
+
+    for i, T in enumerate([1.5, 3.0, 6.0, 12.0]):  # T searched, alpha fixed at 0.5
+        write_trial(tmp_path / str(i), T=T, alpha=0.5, val=acc(300 + i), test=acc(300), baseline=(acc(305), acc(301)))
+    trials = analysis.load_trials(tmp_path)
+    study = analysis.optimal_t_alpha(trials)
+    with pytest.raises(analysis.NothingToCompare, match=r"no plot of accuracy against alpha: alpha did not vary \(0.5 "
+                                                        r"in every KD trial\)"):
+        plots.plot_marginal(study, "alpha")
+    plots.plot_marginal(study, "temperature")  # T varied: its curve is drawn
+    report = analysis.build_report(trials, "hand-built")
+    assert "accuracy_vs_alpha" not in report.figures and "accuracy_vs_temperature" in report.figures
+    assert any("alpha did not vary" in note for note in report.notes)
