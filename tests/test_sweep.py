@@ -80,6 +80,13 @@ def test_a_sweep_reports_each_trial_and_its_end_names_the_best_with_its_ties(tmp
 
 
 def test_a_grid_with_the_basic_sweeper(tmp_path, tiny):
-    run_cli(tmp_path, *tiny, "hydra/sweeper=basic", "loss.alpha=0.3,0.9", multirun=True)
+    proc = run_cli(tmp_path, *tiny, "hydra/sweeper=basic", "loss.alpha=0.3,0.9", multirun=True)
     trials = [read_metrics(p) for p in trial_folders(tmp_path / "sweep")]
     assert sorted(m["config"]["alpha"] for m in trials) == [0.3, 0.9]
+    # Its end names the best trial (the shared tie rule, by folder number) and where the results are.
+    best = best_with_ties([m["results"]["best_val_acc"] for m in trials], order=[0, 1])
+    output, r = proc.stdout + proc.stderr, trials[best.index]["results"]
+    assert f"Best of 2 finished grid trials: trial {best.index} (loss.alpha={trials[best.index]['config']['alpha']})" in output
+    assert f"  val acc {g4(r['best_val_acc'])}, test acc {g4(r['test_acc'])}" in output
+    assert f"  results: trial folders {tmp_path / 'sweep'}/N (metrics.json)" in output
+    assert f"  analyse: python -m kdsweep.analysis {tmp_path / 'sweep'}" in output
