@@ -32,6 +32,7 @@ from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
 from kdsweep.profiling import trial_size
+from kdsweep.ratios import points
 from kdsweep.student import keep_trial_student
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
 from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
@@ -364,7 +365,7 @@ def finish_trial(
     }
     keep_trial_student(settings, inputs, student, metrics, output_dir)  # before metrics.json: a finished trial has it
     cache.atomic_write(output_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2), mode="w")
-    gain = f", gain over the baseline {results['gain']:+.4f}" if "gain" in results else ""
+    gain = f", gain over the baseline {points(results['gain'])} points" if "gain" in results else ""
     stopped = f"pruned after epoch {result.stopped_epoch}: " if result.stopped_epoch is not None else ""
     log.info("%sval acc %.4f, test acc %.4f%s", stopped, results["best_val_acc"], results["test_acc"], gain)
     return metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import optuna
 import pytest
@@ -386,6 +387,9 @@ def test_an_optuna_batch_of_three_is_three_trials(tmp_path):
     single_dir, _ = sweep(tmp_path, "single", *common)
     batch_dir, log = sweep(tmp_path, "batch", *common, "hydra/launcher=kdsweep_batched", f"hydra.sweeper.storage={storage}")
     assert "training 3 trials as one batched model" in log
+    # Each trial's line has its own count as it is told, not 3/3 for all of the batch.
+    counts = [re.search(r"(\d)/3 COMPLETE", ln).group(1) for ln in log.splitlines() if re.search(r"Trial \d \(", ln)]
+    assert counts == ["1", "2", "3"]
     assert_same_trials(single_dir, batch_dir)
     # Each job's return value reached the study as its own trial's value.
     (summary,) = optuna.get_all_study_summaries(storage)  # the study is named after the experiment

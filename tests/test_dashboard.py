@@ -59,6 +59,7 @@ def test_the_dashboard_shows_a_kdsweep_study_with_its_configuration_and_metrics(
         assert config["model"]["student"]["width"] == 16 and config["train"]["epochs"] == 2
         assert json.loads(attrs["kdsweep_search_space"]).keys() == {"loss.alpha", "loss.temperature"}
         detail = get_json(f"{base}/api/studies/{study['study_id']}")
+    assert detail["objective_names"] == ["val_acc"]  # the web UI's name for the objective, not "Objective 0"
     trials = detail["trials"]
     assert [t["state"] for t in trials] == ["Complete", "Complete"]
     # No pruner, and still the learning curves: the flag the web UI draws its intermediate-values plot by.

@@ -91,6 +91,7 @@ def test_a_sweep_is_persistent_and_its_trials_carry_their_metrics(tmp_path, tiny
     url, sweep = sqlite_url(tmp_path), tmp_path / "sweep"
     study = the_study(url)
     assert study.study_name.startswith("kdsweep-digits-cnn-kd-w16-")
+    assert study.metric_names == ["val_acc"]  # the default objective's name, as Optuna's tools show it
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for t in trials:
@@ -106,6 +107,7 @@ def test_a_sweep_is_persistent_and_its_trials_carry_their_metrics(tmp_path, tiny
     before = (sweep / "0" / "metrics.json").read_text()
     proc = run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=2", multirun=True)
     assert "Launching" not in proc.stdout + proc.stderr
+    assert f"Resuming study {study.study_name}: 2 finished trials" in proc.stdout + proc.stderr
     assert f"Study {study.study_name} already holds 2 finished trials (n_trials=2): nothing to run." in proc.stdout + proc.stderr
     # Raising n_trials adds the missing trials only, in new folders; new points, not a replay.
     run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=3", multirun=True)

@@ -9,6 +9,7 @@ import yaml
 import pytest
 
 from conftest import read_metrics, run_cli
+from kdsweep.ratios import points
 from kdsweep.selection import best_with_ties
 
 pytestmark = pytest.mark.slow  # every test here runs the real CLI
@@ -41,18 +42,21 @@ def g4(x: float) -> str:
 
 def test_a_sweep_reports_each_trial_and_its_end_names_the_best_with_its_ties(tmp_path, tiny):
     # Choices of T and alpha, and 2 epochs: several trials reach the same val accuracy (ties happen).
-    proc = run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=4", "loss.temperature=choice(1,2)",
+    # n_jobs=2: trials asked two at a time, and still each line its own count (1/4, then 2/4).
+    proc = run_cli(tmp_path, *tiny, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "loss.temperature=choice(1,2)",
                    "loss.alpha=choice(0.3,0.5)", multirun=True)
     output = proc.stdout + proc.stderr
     sweep = tmp_path / "sweep"
     metrics = {int(p.name): read_metrics(p) for p in trial_folders(sweep)}
     # No warning noise at start (Optuna's experimental and deprecation warnings, Hydra's).
     assert "warn" not in output.lower()
+    # The teacher's one-off training is announced before it starts, in the sweep's own output.
+    assert output.count("training the teacher (2 epochs); it is cached for later runs") == 1
     # One line per trial, values to 4 significant digits, with the time left while trials remain.
     for n, m in metrics.items():
         r = m["results"]
         line = next(ln for ln in output.splitlines() if f"Trial {n} (" in ln)
-        assert f"val {g4(r['best_val_acc'])}, test {g4(r['test_acc'])}, gain {r['gain']:+.4g}" in line
+        assert f"val {g4(r['best_val_acc'])}, test {g4(r['test_acc'])}, gain {points(r['gain'])} points" in line
         assert f"{n + 1}/4 COMPLETE" in line and (("left at this worker's pace" in line) == (n < 3))
     # The end: the shared tie rule, by trial number, as kdsweep.analysis applies it.
     numbers = sorted(metrics)
@@ -61,7 +65,7 @@ def test_a_sweep_reports_each_trial_and_its_end_names_the_best_with_its_ties(tmp
     r, c = b["results"], b["config"]
     assert (f"trial {numbers[best.index]}, T={g4(c['temperature'])}, alpha={g4(c['alpha'])}") in output
     assert f"val acc {g4(r['best_val_acc'])}, test acc {g4(r['test_acc'])}" in output
-    assert f"test {g4(r['baseline_test_acc'])}, gain {r['gain']:+.4g}" in output
+    assert f"test {g4(r['baseline_test_acc'])}, gain {points(r['gain'])} points" in output
     if best.n_tied > 1:
         assert f"{best.n_tied} trials tie at that val accuracy" in output
     else:
@@ -76,6 +80,13 @@ def test_a_sweep_reports_each_trial_and_its_end_names_the_best_with_its_ties(tmp
 
 
 def test_a_grid_with_the_basic_sweeper(tmp_path, tiny):
-    run_cli(tmp_path, *tiny, "hydra/sweeper=basic", "loss.alpha=0.3,0.9", multirun=True)
+    proc = run_cli(tmp_path, *tiny, "hydra/sweeper=basic", "loss.alpha=0.3,0.9", multirun=True)
     trials = [read_metrics(p) for p in trial_folders(tmp_path / "sweep")]
     assert sorted(m["config"]["alpha"] for m in trials) == [0.3, 0.9]
+    # Its end names the best trial (the shared tie rule, by folder number) and where the results are.
+    best = best_with_ties([m["results"]["best_val_acc"] for m in trials], order=[0, 1])
+    output, r = proc.stdout + proc.stderr, trials[best.index]["results"]
+    assert f"Best of 2 finished grid trials: trial {best.index} (loss.alpha={trials[best.index]['config']['alpha']})" in output
+    assert f"  val acc {g4(r['best_val_acc'])}, test acc {g4(r['test_acc'])}" in output
+    assert f"  results: trial folders {tmp_path / 'sweep'}/N (metrics.json)" in output
+    assert f"  analyse: python -m kdsweep.analysis {tmp_path / 'sweep'}" in output

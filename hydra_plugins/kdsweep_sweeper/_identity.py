@@ -34,6 +34,7 @@ CONFIG_ATTR = "kdsweep_config"  # the identity's configuration, as a study user 
 SPACE_ATTR = "kdsweep_search_space"
 FILES_ATTR = "kdsweep_files"  # what the config names and its contents' hash (see _inputs.user_inputs)
 IDENTITY_ATTR = "kdsweep_identity"  # the hash of all three
+DEFAULT_METRIC = "val_acc"  # the metric name of the default objective, the job's best val accuracy
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def check_study(study: optuna.Study, ident: Identity, directions: Sequence[str],
     """Check that an existing `study` is this experiment's; True if it was new (no identity yet).
 
     objectives: the metrics.json figures the study optimizes (hydra.sweeper.objectives), recorded as
-    Optuna's metric names; None: the one default objective (a study without metric names).
+    Optuna's metric names; None: the one default objective, recorded as ["val_acc"] (a study made before that has
+    no metric names: the same objective, and it gets the name).
 
     Raises:
         ConfigError: the study optimizes in other directions or other objectives, or was made for
@@ -134,18 +136,21 @@ def check_study(study: optuna.Study, ident: Identity, directions: Sequence[str],
             f"hydra.sweeper.direction={have[0] if len(have) == 1 else '[' + ','.join(have) + ']'} to continue it, or "
             f"give the new search a study of its own with hydra.sweeper.study_name=NEW_NAME."
         )
-    recorded = study.metric_names  # None: the default objective, the job's val accuracy
-    wanted = list(objectives) if objectives is not None else None
-    if recorded is None and wanted is not None and not study.get_trials(deepcopy=False):
+    # The default objective is recorded as ["val_acc"] (so optuna-dashboard shows "val_acc", not
+    # "Objective 0"); a study made before kdsweep recorded it has None: the same objective.
+    recorded = study.metric_names
+    wanted = list(objectives) if objectives is not None else [DEFAULT_METRIC]
+    if recorded is None and (objectives is None or not study.get_trials(deepcopy=False)):
         with warnings.catch_warnings():  # "experimental since v3.2": the only way Optuna records the names
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(wanted)  # a new study: record what it optimizes
-    elif (list(recorded) if recorded is not None else None) != wanted:
+            study.set_metric_names(wanted)  # record what it optimizes (a new study, or an old default one)
+    elif (list(recorded) if recorded is not None else [DEFAULT_METRIC]) != wanted:
         def spell(names: Sequence[str] | None) -> str:
-            return "null (the best val accuracy the job returns)" if names is None else f"[{','.join(names)}]"
+            return ("null (the best val accuracy the job returns)" if names is None or list(names) == [DEFAULT_METRIC]
+                    else f"[{','.join(names)}]")
         raise ConfigError(
             f"study {name} in {shown_storage} optimizes hydra.sweeper.objectives={spell(recorded)}, but this sweep "
-            f"sets hydra.sweeper.objectives={spell(wanted)}. A study's objectives cannot change: set them back to "
+            f"sets hydra.sweeper.objectives={spell(objectives)}. A study's objectives cannot change: set them back to "
             f"continue it, or give the new search a study of its own with hydra.sweeper.study_name=NEW_NAME.")
     stored = study.user_attrs.get(IDENTITY_ATTR)
     if stored is None:

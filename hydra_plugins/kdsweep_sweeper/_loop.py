@@ -295,6 +295,8 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     _cluster.prepare(launcher, config)  # submitit's log folder named after the study, and its timing checked
     where = storage_url(opts.storage, str(config.hydra.runtime.cwd))
     study = open_study(where, name, opts, ident)
+    if resumed := sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)):
+        log.info("Resuming study %s: %d finished trials", name, resumed)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     try:
         _folders.claim_sweep_dir(study, where, sweep_dir)  # refuses a folder that holds another study's trials
@@ -323,7 +325,7 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         signal.signal(signal.SIGTERM, _raise_interrupted)
-    waiting, started, finished_here = False, time.monotonic(), 0
+    waiting, started, finished_here, one_off = False, time.monotonic(), 0, [0.0, 0.0]
     try:
         while True:
             trials, finished, running = ask(study, where, opts, n_trials, space, make_sampler, extend, grid)
@@ -356,9 +358,16 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
                     job.append(_pruning.trial_override(trial.number))
                     jobs.append(job)
                 def tell_job(i: int, ret: Any) -> None:  # as each job ends, whatever its siblings do (_cluster)
-                    nonlocal stopped
+                    nonlocal stopped, one_off
                     tell(study, trials[i], ret, Path(str(ret.hydra_cfg.hydra.runtime.output_dir)), opts.objectives)
                     told.add(trials[i].number)
+                    # Its line now, with the study's count as it stands (each trial of a batch its own); the pace
+                    # leaves out the teacher's and baseline's one-off training (trials launched together share it).
+                    now = study.get_trials(deepcopy=False)
+                    one_off[1] = max(one_off[1], _report.one_off_seconds(now[trials[i].number]))
+                    pace = _report.pace(time.monotonic() - started, finished_here + len(told), sum(one_off))
+                    log.info(_report.trial_line(now[trials[i].number], *[sum(t.state == s for t in now) for s in FINISHED],
+                                                n_trials, pace))
                     stopped = _callbacks.call(callbacks, study, trials[i]) or stopped
 
                 _cluster.launch(launcher, jobs, trials[0].number, tell_job)
@@ -370,12 +379,9 @@ def run_sweep(context: HydraContext, config: DictConfig, launcher: Any, options:
             finally:
                 heartbeat.track([])
             finished_here += len(trials)
-            pace = (time.monotonic() - started) / finished_here
+            one_off = [sum(one_off), 0.0]  # [earlier rounds' one-off seconds, this round's]
             now = study.get_trials(deepcopy=False)
-            counts = [sum(t.state == state for t in now) for state in FINISHED]
-            for trial in trials:
-                log.info(_report.trial_line(now[trial.number], *counts, n_trials, pace))
-            errors = own_errors(now, since)  # the trials read for the lines above
+            errors = own_errors(now, since)
             if grid is not None:
                 grid.no_retry(errors)  # a point that failed by its own fault waits for the next run
             if len(errors) > budget:

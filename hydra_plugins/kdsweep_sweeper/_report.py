@@ -16,9 +16,11 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from kdsweep.cache import atomic_write
+from kdsweep.ratios import points
 from kdsweep.selection import Best, best_with_ties
 
 REASON_ATTR = "fail_reason"
+ONE_OFF = ("teacher_seconds", "baseline_seconds")  # metrics.json timings paid once per sweep, then cached
 
 
 def metrics_attrs(output_dir: Path) -> dict[str, Any]:
@@ -44,8 +46,22 @@ def metrics_attrs(output_dir: Path) -> dict[str, Any]:
         teacher_source=timings.get("teacher_source"),
         train_seconds=timings.get("train_seconds"),
         seconds=sum(v for k, v in timings.items() if k.endswith("_seconds") and isinstance(v, (int, float))),
+        # Training the teacher and the baseline is paid once (then cached), not by every trial.
+        one_off_seconds=sum(v for k in ONE_OFF if isinstance(v := timings.get(k), (int, float))),
     )
     return attrs
+
+
+def one_off_seconds(trial: FrozenTrial) -> float:
+    """Seconds of the trial spent on one-off work (teacher_seconds + baseline_seconds; 0 when cached or unknown)."""
+    value = trial.user_attrs.get("one_off_seconds")
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def pace(elapsed: float, n_finished: int, one_off: float) -> float | None:
+    """Seconds per trial at this worker's pace: `elapsed` wall seconds for `n_finished` trials, less the
+    `one_off` seconds (teacher, baseline) no later trial pays again; None before the first trial."""
+    return max(0.0, elapsed - one_off) / n_finished if n_finished else None
 
 
 def record_metrics(trial: Trial, output_dir: Path) -> None:
@@ -79,7 +95,7 @@ def trial_line(trial: FrozenTrial, complete: int, pruned: int, n_trials: int, se
         what = f"val {g4(attrs.get('val_acc', trial.values[0]))}, test {g4(attrs.get('test_acc'))}"
         what += "".join(f", {k} {g4(v)}" for k, v in attrs.get("objectives", {}).items() if k != "best_val_acc")
         if attrs.get("gain") is not None:
-            what += f", gain {attrs['gain']:+.4g} over the baseline's {g4(attrs.get('baseline_test_acc'))}"
+            what += f", gain {points(attrs['gain'])} points over the baseline's {g4(attrs.get('baseline_test_acc'))}"
     left = n_trials - complete - pruned
     eta = f", about {_duration(left * seconds_per_trial)} left at this worker's pace" if seconds_per_trial and left > 0 else ""
     progress = f"{complete}/{n_trials} COMPLETE" if not pruned else \
@@ -120,7 +136,7 @@ def summary(study_name: str, shown_storage: str, complete: list[FrozenTrial], ma
     }
     gain = "" if a.get("gain") is None else (
         f"; paired baseline (same student, cross-entropy only) test {g4(a.get('baseline_test_acc'))}, "
-        f"gain {a['gain']:+.4g}")
+        f"gain {points(a['gain'])} points")
     ties = ("no other trial ties with it" if best.n_tied == 1 else
             f"{best.n_tied} trials tie at that val accuracy ({', '.join(map(str, tied[:10]))}"
             f"{' ...' if len(tied) > 10 else ''}); the first found is named, as kdsweep.analysis does")

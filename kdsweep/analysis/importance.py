@@ -18,6 +18,7 @@ import pandas as pd
 
 from kdsweep.analysis.loading import hyperparameters
 from kdsweep.analysis.tables import NothingToCompare, complete, distilled, method_keys
+from kdsweep.selection import TIE_TOLERANCE
 
 if TYPE_CHECKING:
     import optuna
@@ -75,14 +76,19 @@ def parameter_importances(study: optuna.Study, seed: int = 0) -> pd.DataFrame:
     Columns: `parameter`, then one column of shares (summing to 1) per method: `fanova` (random forest
     seeded by `seed`) and `ped_anova` (NaN where the trials are too few for its top quantile). Sorted by
     fanova, largest first; `n_trials` is the number of COMPLETE trials used. Raises NothingToCompare when Optuna
-    cannot rank them (fewer than MIN_TRIALS complete trials, or no parameter that varies).
+    cannot rank them (fewer than MIN_TRIALS complete trials, no parameter that varies, or every trial tied).
     """
     import optuna.importance as imp
     from optuna.trial import TrialState
 
-    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    n = len(finished)
     if n < MIN_TRIALS:
         raise NothingToCompare(f"{n} complete trials are too few to rank parameters (at least {MIN_TRIALS})")
+    if len(study.directions) == 1 and max(t.value for t in finished) - min(t.value for t in finished) <= TIE_TOLERANCE:
+        # Optuna would split the importance evenly between the parameters, as if each mattered as much.
+        raise NothingToCompare(f"all {n} complete trials tie at val accuracy {finished[0].value:.4g}: no parameter "
+                               "can be told apart from another")
     method = "fanova"
     try:
         shares = _importances(study, imp.FanovaImportanceEvaluator(seed=seed))

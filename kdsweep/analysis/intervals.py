@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdsweep.ratios import points  # noqa: F401  the one formatter of points, shared with the logs
 from kdsweep.selection import TIE_TOLERANCE
 
 LEVEL = 0.95
@@ -70,11 +71,6 @@ def paired_interval(differences: Iterable[float], level: float = LEVEL) -> Inter
         return Interval(mean, math.nan, math.nan, int(d.size), 0.0)
     half = t_quantile(d.size - 1, level) * sd / math.sqrt(d.size)
     return Interval(mean, mean - half, mean + half, int(d.size), sd)
-
-
-def points(x: float) -> str:
-    """An accuracy difference (a fraction) in signed percentage points: 0.0123 -> '+1.2'."""
-    return f"{100 * x:+.1f}"
 
 
 def evidence(n_seeds: int, n_test: int | None) -> str:

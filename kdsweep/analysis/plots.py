@@ -132,10 +132,14 @@ def plot_t_alpha_plane(study: TAlphaStudy) -> Figure:
 
 def plot_marginal(study: TAlphaStudy, column: str = "temperature") -> Figure:
     """Val accuracy (solid, 95 % t interval over the bin's trials) and test accuracy (dashed) against
-    the bins of T, or of alpha with one curve per range of T; one panel per student; baselines grey."""
+    the bins of T, or of alpha with one curve per range of T; one panel per student; baselines grey.
+    Raises NothingToCompare when no KD trial, or `column` took one value (bin) only: a point, not a curve."""
     table = study.by_temperature if column == "temperature" else study.by_alpha
     if table.empty:
         raise NothingToCompare(f"no KD trials: the curve of accuracy against {column} is KD's")
+    if table[f"{column}_range"].nunique() < 2:  # one point: no curve to draw
+        raise NothingToCompare(f"no plot of accuracy against {column}: {column} did not vary "
+                               f"({table[f'{column}_range'].iloc[0]} in every KD trial)")
     groups = _groups(table, study.by)
     fig, axes = _figure(len(groups), width=6.5, height=4.6, max_cols=2)
     for ax, (name, frame) in zip(axes, groups):
