@@ -48,9 +48,9 @@ def test_a_folder_without_hydra_files_is_refused_naming_the_file(tmp_path):
         trial_command(tmp_path, {})
 
 
-def run_printed(line: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_printed(line: str, cwd: Path, python_path: str = str(REPO)) -> subprocess.CompletedProcess:
     """Run a printed command in a shell, as a user pastes it (`python` is this interpreter)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PYTHONPATH": python_path, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", "-c", line], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -89,23 +89,20 @@ def test_the_analysis_rerun_with_seeds_command_runs_the_same_experiment(tmp_path
     assert {m["config"]["train_size"] for m in by_seed.values()} == {original["config"]["train_size"]}
 
 
-SLOW_GRID = ["model.teacher.epochs=2", "model.student.width=16", "train.num_threads=1", "train.epochs=400",
-             "hydra/sweeper/sampler=grid", "loss.temperature=choice(2,4)", "loss.alpha=choice(0.5)"]  # 2 points
-
-
 @pytest.mark.slow
 def test_the_resume_command_printed_on_ctrl_c_resumes_the_same_study(tmp_path):
-    from test_survive import sqlite_url, start, the_study, wait_for_running_trial
+    from test_survive import HELD, TESTS_PATH, sqlite_url, start_held, the_study, wait_for_held_trial
 
     url = sqlite_url(tmp_path)
-    proc = start(tmp_path, *SLOW_GRID)
-    wait_for_running_trial(url, 1, proc)
+    # 2 points; trial 1 holds inside its training (tests/held_student.py) until Ctrl-C
+    proc = start_held(tmp_path, *HELD, "hydra/sweeper/sampler=grid", "loss.temperature=choice(2,4)", "loss.alpha=choice(0.5)")
+    wait_for_held_trial(url, proc, tmp_path)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     output = (tmp_path / "worker.out").read_text()
     line = output.split("Run the same command again to resume: finished trials are kept.\n", 1)[1].splitlines()[0].strip()
     name = the_study(url).study_name
-    run_printed(line, cwd=Path("/"))
+    run_printed(line, cwd=Path("/"), python_path=TESTS_PATH["PYTHONPATH"])
     study = the_study(url)  # still the only study: the command resumed it, not a new one
     assert study.study_name == name
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]

@@ -94,24 +94,21 @@ def test_the_grid_values_come_from_the_sweep_not_the_sampler():
         sampler_factory({**NODE, "search_space": {"loss.alpha": [0.1]}}, parse({}, GRID).distributions)
 
 
-SLOW_GRID = ["model.teacher.epochs=2", "model.student.width=16", "train.num_threads=1", "train.epochs=400",
-             "hydra/sweeper/sampler=grid", *GRID]
-
-
 @pytest.mark.slow
 def test_a_grid_killed_mid_trial_then_resumed_runs_each_point_exactly_once(tmp_path):
-    from test_survive import folders, sqlite_url, start, the_study, wait_for_running_trial
+    from test_survive import HELD, TESTS_PATH, folders, sqlite_url, start_held, the_study, wait_for_held_trial
 
+    held_grid = [*HELD, "hydra/sweeper/sampler=grid", *GRID]  # trial 1 holds inside its training until the kill
     url, sweep = sqlite_url(tmp_path), tmp_path / "sweep"
-    proc = start(tmp_path, *SLOW_GRID)
-    wait_for_running_trial(url, 1, proc)
+    proc = start_held(tmp_path, *held_grid)
+    wait_for_held_trial(url, proc, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed = the_study(url).get_trials()
     assert [t.state for t in killed] == [TrialState.COMPLETE, TrialState.RUNNING]
     first = (sweep / "0" / "metrics.json").read_text()
 
-    out = run_cli(tmp_path, *SLOW_GRID, multirun=True)
+    out = run_cli(tmp_path, *held_grid, multirun=True, env=TESTS_PATH)
     log = out.stdout + out.stderr
     trials = the_study(url).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 3
@@ -122,7 +119,7 @@ def test_a_grid_killed_mid_trial_then_resumed_runs_each_point_exactly_once(tmp_p
     assert (sweep / "0" / "metrics.json").read_text() == first and folders(sweep) == ["0", "1", "2", "3", "4"]
     assert "grid finished: 4 of 4 points done" in log
 
-    again = run_cli(tmp_path, *SLOW_GRID, multirun=True)  # the same command once more: nothing trained
+    again = run_cli(tmp_path, *held_grid, multirun=True, env=TESTS_PATH)  # the same command once more: nothing trained
     log = again.stdout + again.stderr
     assert "Launching" not in log and "nothing to run" in log and "grid finished: 4 of 4 points done" in log
     assert len(the_study(url).get_trials()) == 5

@@ -150,14 +150,42 @@ def test_every_pruner_file_writes_out_its_constructors_arguments_and_builds(name
     assert isinstance(make_pruner(node), cls)
 
 
-def test_the_pruner_group_composes_into_the_sweepers_pruner():
+def group_pruner(name: str) -> optuna.pruners.BasePruner | None:
+    """The pruner that `hydra/sweeper/pruner=NAME` gives the sweeper (None: no pruning)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        default = compose("config", ["hydra/sweeper=kdsweep"], return_hydra_config=True).hydra.sweeper
-        assert default.pruner is None and default.report_every == 1  # kdsweep.yaml's defaults
-        for name in ("median", "hyperband", "none"):
-            cfg = compose("config", ["hydra/sweeper=kdsweep", f"hydra/sweeper/pruner={name}"], return_hydra_config=True)
-            pruner = cfg.hydra.sweeper.pruner
-            assert (pruner is None) if name == "none" else pruner._target_.startswith("optuna.pruners.")
+        node = compose("config", ["hydra/sweeper=kdsweep", f"hydra/sweeper/pruner={name}"], return_hydra_config=True).hydra.sweeper.pruner
+    return None if node is None else make_pruner(OmegaConf.to_container(node, resolve=True))
+
+
+def prunes_at(pruner: optuna.pruners.BasePruner, val_acc: float) -> bool:
+    """Whether `pruner` stops, at epoch 2, a trial at `val_acc` every epoch, in a study whose 5 finished
+    trials had 0.5, 0.6, 0.7, 0.8 and 0.9 at every epoch (epochs are the steps, as in kdsweep)."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for finished in (0.5, 0.6, 0.7, 0.8, 0.9):
+        t = study.ask()
+        for epoch in range(3):
+            t.report(finished, epoch)
+        study.tell(t, finished)
+    t = study.ask()
+    for epoch in range(3):
+        t.report(val_acc, epoch)
+    return t.should_prune()
+
+
+@pytest.mark.parametrize("name,pruned", [
+    # Median of 0.5..0.9 at epoch 2: 0.7. Prune below it, keep above it.
+    ("median", {0.65: True, 0.75: False, 0.85: False}),
+    # percentile=25 keeps the top 25 % (Optuna's meaning, maximized): the 75th percentile of 0.5..0.9,
+    # linearly interpolated, is 0.8, so 0.75, which the median keeps, is pruned here.
+    ("percentile", {0.65: True, 0.75: True, 0.85: False}),
+])
+def test_a_pruner_of_the_group_prunes_exactly_the_trials_below_its_cut(name, pruned):
+    pruner = group_pruner(name)
+    assert {acc: prunes_at(pruner, acc) for acc in pruned} == pruned
+
+
+def test_the_none_pruner_leaves_the_sweeper_without_a_pruner():
+    assert group_pruner("none") is None
 
 
 # --- a single run through the real CLI -------------------------------------------------------------

@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import TINY, read_metrics, run_cli
-from test_survive import SLOW, folders, sqlite_url, start, the_study, wait_for_running_trial
+from test_survive import HELD, TESTS_PATH, folders, sqlite_url, start_held, the_study, wait_for_held_trial
 
 # ThresholdPruner prunes a trial whose report is below `lower` at the first step it checks, step >=
 # n_warmup_steps; steps are epochs (1, 2, ...). No accuracy reaches 1.01: every trial is pruned at
@@ -80,21 +80,22 @@ def test_a_pruned_trial_is_never_the_best_and_counts_towards_n_trials(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_with_pruned_trials_in_the_study_then_resume(tmp_path):
-    # SLOW trials take seconds: trial 1 is still training (warmup 300 of 400 epochs) when it is killed.
+    # Trial 1 holds inside its training (tests/held_student.py) until the kill; the others are pruned
+    # at epoch 2 of 3.
     url, sweep = sqlite_url(tmp_path), tmp_path / "sweep"
-    args = [*SLOW, threshold(300), "hydra.sweeper.n_trials=3"]
-    proc = start(tmp_path, *args)
-    wait_for_running_trial(url, 1, proc)
+    args = [*HELD, "train.epochs=3", threshold(2), "hydra.sweeper.n_trials=3"]
+    proc = start_held(tmp_path, *args)
+    wait_for_held_trial(url, proc, tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert [t.state for t in the_study(url).get_trials()] == [TrialState.PRUNED, TrialState.RUNNING]
 
-    run_cli(tmp_path, *args, multirun=True)
+    run_cli(tmp_path, *args, multirun=True, env=TESTS_PATH)
     trials = the_study(url).get_trials()
     # The kill's RUNNING trial is failed (not the trial's fault: no budget spent); two more make 3 finished.
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.FAIL, TrialState.PRUNED, TrialState.PRUNED]
     assert trials[1].user_attrs["fail_reason"].startswith("interrupted: its worker (pid")
-    assert [t.user_attrs["pruned_epoch"] for t in trials if t.state == TrialState.PRUNED] == [300] * 3
+    assert [t.user_attrs["pruned_epoch"] for t in trials if t.state == TrialState.PRUNED] == [2] * 3
     assert folders(sweep) == ["0", "1", "2", "3"] and read_metrics(sweep / "2")["status"] == "pruned"
 
 

@@ -28,8 +28,14 @@ def sweeper_config(*overrides: str):
         return compose("config", overrides=list(overrides), return_hydra_config=True).hydra.sweeper
 
 
-def test_the_group_holds_the_seven_samplers():
-    assert SAMPLERS == sorted(NAMES.values()) == ["cmaes", "gp", "grid", "nsgaii", "qmc", "random", "tpe"]
+def test_the_sampler_files_and_the_sweepers_names_agree_both_ways():
+    # NAMES (code) maps a sampler class to the group file that messages tell the user to choose: every
+    # file's _target_ class must map back to that file, and every name must have its file.
+    by_file = {name: yaml.safe_load((CONF / "hydra" / "sweeper" / "sampler" / f"{name}.yaml").read_text())["_target_"]
+               for name in SAMPLERS}
+    assert {NAMES.get(target.rsplit(".", 1)[-1]) for target in by_file.values()} == set(by_file)
+    assert set(NAMES.values()) == set(SAMPLERS)
+    assert len(set(by_file.values())) == len(by_file)  # no two files name the same class
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

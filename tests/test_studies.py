@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, read_metrics, run_cli
+from conftest import CONF, REPO, read_metrics, run_cli
+from kdsweep.run import settings_from_config
 from test_sweep import trial_folders
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -23,35 +26,45 @@ def grid(cfg) -> dict[str, list[str]]:
     return {key: str(values).split(",") for key, values in cfg.hydra.sweeper.params.items()}
 
 
-def test_the_default_search_is_still_optuna():
-    cfg = hydra_config()
-    assert cfg.hydra.sweeper._target_ == OPTUNA
-    # KD's search space, the run's loss's (hydra.sweeper.spaces), joined with the empty params
-    assert set(cfg.hydra.sweeper.spaces.kd) == {"loss.temperature", "loss.alpha"} and not cfg.hydra.sweeper.params
-
-
 def test_the_search_group_switches_to_a_grid():
     assert hydra_config("search=grid").hydra.sweeper._target_ == BASIC
 
 
-@pytest.mark.parametrize("study,expected,fixed", [
-    ("temperature_grid", {"loss.temperature": ["1", "2", "4", "8", "16"]}, ("alpha", 0.5)),
-    ("alpha_grid", {"loss.alpha": ["0.3", "0.5", "0.7", "0.9"]}, ("temperature", 4.0)),
-])
-def test_the_exercise_grids(study, expected, fixed):
-    cfg = hydra_config(f"+study={study}")
-    assert cfg.hydra.sweeper._target_ == BASIC
-    assert grid(cfg) == expected
-    assert cfg.loss[fixed[0]] == fixed[1] and cfg.loss.name == "kd"
+PRESETS = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 
 
-def test_the_student_size_study_covers_four_widths_three_seeds():
-    cfg = hydra_config("+study=student_size")
-    assert cfg.hydra.sweeper._target_ == BASIC
-    params = grid(cfg)
-    assert len(params["model.student.width"]) >= 4 and len(params["seed"]) >= 3
-    assert len(params["loss.temperature"]) * len(params["loss.alpha"]) >= 2
-    assert len(list(itertools.product(*params.values()))) == 72  # the README's count
+def readme_runs() -> dict[str, int]:
+    """The README's preset table: preset name -> its stated number of runs (baselines not counted)."""
+    rows = re.findall(r"^\| `\+study=(\w+)` \|(.*)$", (REPO / "README.md").read_text(), flags=re.MULTILINE)
+    return {name: int(re.match(r"\s*(\d+)", cells.split("|")[2]).group(1)) for name, cells in rows}
+
+
+def test_the_readme_states_each_presets_number_of_runs():
+    cfg_of = {name: hydra_config(f"+study={name}") for name in PRESETS}
+    stated = readme_runs()
+    # compare_methods is run by `python -m kdsweep.compare` (its own section), not as one sweep
+    assert set(stated) == set(PRESETS) - {"compare_methods"}
+    for name, runs in stated.items():
+        cfg = cfg_of[name]
+        if cfg.hydra.sweeper._target_ == BASIC:  # a grid: one job per point
+            assert runs == len(list(itertools.product(*grid(cfg).values()))), name
+        else:  # an Optuna study: its budget of trials
+            assert cfg.hydra.sweeper._target_ == OPTUNA and runs == cfg.hydra.sweeper.n_trials, name
+
+
+@pytest.mark.parametrize("study", [p for p in PRESETS if p not in ("tradeoff", "compare_methods")])
+def test_every_job_of_a_grid_preset_composes_into_its_own_settings(study, tmp_path):
+    params = grid(hydra_config(f"+study={study}"))
+    jobs = [[f"{key}={value}" for key, value in zip(params, point)] for point in itertools.product(*params.values())]
+    seen = set()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for job in jobs:
+            s = settings_from_config(compose("config", overrides=[f"+study={study}", f"cache_dir={tmp_path}", *job]))
+            # What the trial trains on and with: two jobs that end equal here would be the same run,
+            # so a swept key that never reaches the settings shows as a repeat.
+            seen.add((repr(s.loss), repr(s.train), s.seed, json.dumps(s.student_arch, sort_keys=True),
+                      json.dumps(s.data, sort_keys=True, default=str)))
+    assert len(seen) == len(jobs)
 
 
 @pytest.mark.slow
@@ -74,14 +87,3 @@ def test_the_baseline_companion_runs_the_same_students_with_cross_entropy():
     cfg = hydra_config("+study=student_size_ce")
     assert cfg.hydra.sweeper._target_ == BASIC and cfg.loss.name == "ce" and "temperature" not in cfg.loss
     assert grid(cfg) == {k: students[k] for k in ("model.student.width", "seed")}
-
-
-def test_the_few_labels_study_varies_labels_and_transfer_set_for_a_32_wide_student():
-    cfg = hydra_config("+study=few_labels")
-    assert cfg.hydra.sweeper._target_ == BASIC and cfg.model.student.width == 32 and cfg.loss.name == "kd"
-    params = grid(cfg)
-    assert params["train.labels"] == ["50", "100"] and params["train.transfer_set"] == ["labelled", "all"]
-    assert params["loss.temperature"] == ["1", "2", "4", "8"] and params["loss.alpha"] == ["0.5", "0.9"]
-    assert len(params["seed"]) == 3
-    assert len(list(itertools.product(*params.values()))) == 96  # the preset's comment
-    assert cfg.train.labels is None  # a default run has every label; the preset sets them per job

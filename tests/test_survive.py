@@ -32,10 +32,10 @@ def cli_args(tmp_path: Path, *overrides: str) -> list[str]:
             f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
 
 
-def start(tmp_path: Path, *overrides: str, tag: str = "worker") -> subprocess.Popen:
+def start(tmp_path: Path, *overrides: str, tag: str = "worker", env: dict[str, str] | None = None) -> subprocess.Popen:
     out = open(tmp_path / f"{tag}.out", "w")
     return subprocess.Popen(cli_args(tmp_path, *overrides), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def sqlite_url(tmp_path: Path) -> str:
@@ -54,18 +54,34 @@ def url_sweep(url: str) -> Path:
     return Path(url[len("sqlite:///"):]).parents[1] / "sweep"
 
 
-def wait_for_running_trial(url: str, number: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Poll the study until trial `number` is RUNNING and its job has started in its folder."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the sweep ended before the trial started"
-        # The folder first: opening the study before the sweep has created its database would race it.
-        if (url_sweep(url) / str(number) / ".hydra" / "overrides.yaml").exists():
-            trials = the_study(url).get_trials(deepcopy=False)
-            if trials[number].state == TrialState.RUNNING:
-                return
+# Trials of the student tests/held_student.py provides: trial HELD_TRIAL of a sweep started with
+# `start_held` waits inside training until it is released or stopped, so a signal sent then provably
+# lands mid-trial. The same overrides resume the sweep (the study is the same), without the hold.
+TESTS = Path(__file__).resolve().parent
+TESTS_PATH = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+HELD = [*TINY, "model.student._target_=held_student.HeldMLP"]
+HELD_TRIAL = 1
+
+
+def start_held(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    """A sweep whose trial HELD_TRIAL holds mid-training (tests/held_student.py); tmp_path/hold is its folder."""
+    (tmp_path / "hold").mkdir()
+    return start(tmp_path, *overrides, env={**TESTS_PATH, "KDSWEEP_TEST_HOLD_TRIAL": str(HELD_TRIAL),
+                                            "KDSWEEP_TEST_HOLD_DIR": str(tmp_path / "hold")})
+
+
+def wait_for_held_trial(url: str, proc: subprocess.Popen, tmp_path: Path) -> None:
+    """Wait until the held trial's job is waiting inside its training, and check the study has it RUNNING.
+
+    Nothing here races: the job waits until it is stopped. The deadline only turns a hung sweep into a
+    failure instead of a hung test suite.
+    """
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "hold" / "started").exists():
+        assert proc.poll() is None, "the sweep ended before the held trial started:\n" + (tmp_path / "worker.out").read_text()
+        assert time.monotonic() < deadline, f"trial {HELD_TRIAL} never started"
         time.sleep(0.1)
-    raise AssertionError(f"trial {number} never ran")
+    assert the_study(url).get_trials()[HELD_TRIAL].state == TrialState.RUNNING
 
 
 def folders(sweep: Path) -> list[str]:
@@ -117,19 +133,16 @@ def test_a_sweep_is_persistent_and_its_trials_carry_their_metrics(tmp_path, tiny
     assert len({t.params["loss.temperature"] for t in trials}) == 3
 
 
-SLOW = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=400"]  # seconds a trial
-
-
 def test_kill_9_in_the_middle_of_a_trial_then_resume(tmp_path):
     url, sweep = sqlite_url(tmp_path), tmp_path / "sweep"
-    proc = start(tmp_path, *SLOW, "hydra.sweeper.n_trials=3")
-    wait_for_running_trial(url, 1, proc)
+    proc = start_held(tmp_path, *HELD, "hydra.sweeper.n_trials=3")
+    wait_for_held_trial(url, proc, tmp_path)
     first = (sweep / "0" / "metrics.json").read_text()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert the_study(url).get_trials()[1].state == TrialState.RUNNING  # what the kill left behind
 
-    run_cli(tmp_path, *SLOW, "hydra.sweeper.n_trials=3", multirun=True)
+    run_cli(tmp_path, *HELD, "hydra.sweeper.n_trials=3", multirun=True, env=TESTS_PATH)
     trials = the_study(url).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert trials[1].user_attrs["fail_reason"].startswith("interrupted: its worker (pid")
@@ -144,8 +157,8 @@ def test_kill_9_in_the_middle_of_a_trial_then_resume(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_sweep_leaves_no_trial_running(tmp_path, sig):
     url = sqlite_url(tmp_path)
-    proc = start(tmp_path, *SLOW, "hydra.sweeper.n_trials=3")
-    wait_for_running_trial(url, 1, proc)
+    proc = start_held(tmp_path, *HELD, "hydra.sweeper.n_trials=3")
+    wait_for_held_trial(url, proc, tmp_path)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130
     output = (tmp_path / "worker.out").read_text()
