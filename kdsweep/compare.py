@@ -113,6 +113,12 @@ def _point_changed(reruns: Path, point: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(o in ("-h", "--help") for o in overrides):  # Hydra's override parser would raise on them
+        print(__doc__.strip() + "\n\nSettings: the compare.* keys of "
+              "kdsweep/conf/study/compare_methods.yaml (compare.methods, compare.trials, compare.seeds, compare.dir, ...), "
+              "and any kdsweep.run override (data=..., train.epochs=...). Changing compare.trials or compare.seeds "
+              "starts a comparison of its own: give it its own compare.dir.")
+        return 0
     try:
         comparison = compose_comparison(overrides)
         print(run_comparison(comparison, overrides))

@@ -45,3 +45,12 @@ def test_the_comparison_runs_from_one_command_and_resumes(tmp_path):
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "search=grid" not in again.stderr
     assert (out / "comparison.md").read_text() == table
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_says_what_to_set_instead_of_a_parser_traceback(flag, capsys):
+    from kdsweep.compare import main
+
+    assert main([flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("`python -m kdsweep.compare [key=value ...]`") and "give it its own compare.dir" in out
