@@ -166,7 +166,16 @@ def test_a_sweep_runs_as_job_arrays_logs_in_its_study_folder_and_resumes(tmp_pat
     tasks = {n for n in names if "_" in n}  # a 2-task array (its folder ARRAY, each task's ARRAY_I), then one job
     (array,) = {t.split("_")[0] for t in tasks}
     assert len(tasks) == 2 and len(names - tasks - {array}) == 1, names
-    assert set(sacct(sorted(names - {array})).values()) == {"COMPLETED"}
+    # A job's result is written before its process exits: SLURM may list it RUNNING for a moment after
+    # the sweep has its result. Wait until accounting has each job's end, then check how they ended.
+    jobs = sorted(names - {array})
+    def all_ended() -> dict[str, str] | None:
+        states = sacct(jobs)
+        unfinished = set(states.values()) & {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"}
+        return states if len(states) == len(jobs) and not unfinished else None
+
+    ended = wait_for("the jobs' ends in SLURM's accounting", all_ended, timeout=60)
+    assert set(ended.values()) == {"COMPLETED"}
     for t in study.get_trials():
         assert Path(t.user_attrs["output_dir"]) == multirun / study.study_name / str(t.number)
         assert (multirun / study.study_name / str(t.number) / "metrics.json").exists()
