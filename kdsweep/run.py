@@ -26,7 +26,6 @@ from kdsweep.errors import KDSweepError, TrialPruned
 from kdsweep.pruning import TRIAL_ENV, PruningSettings, pruning_settings
 
 if TYPE_CHECKING:
-    from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
 
 # The exit status of a single run whose trial was pruned (its metrics.json is written): not a
