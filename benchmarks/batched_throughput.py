@@ -72,7 +72,7 @@ def step_times(args: argparse.Namespace, cache: Path, ks: list[int]) -> dict[str
             student = trial.new_student(s, data)
             optimizer = s.make_optimizer(student.parameters(), lr=s.train.lr, weight_decay=0.0)
             result = fit(student, data.train.x,
-                         lambda z, idx, epoch: s.loss(z, inputs.teacher_logits.train[idx], data.train.y[idx], epoch=epoch),
+                         lambda z, view, epoch: s.loss(z, inputs.teacher_logits.train[view.idx], data.train.y[view.idx], epoch=epoch),
                          optimizer, val, epochs=1, batch_size=64, generator=torch.Generator().manual_seed(0))
             times[f"one trial, {threads} thr"].append(result.seconds / steps * 1e3)
         torch.set_num_threads(args.batch_threads)

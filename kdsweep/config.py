@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from kdsweep.errors import ConfigError
+from kdsweep.batches import LoaderSettings
 from kdsweep.labels import check_labels
+from kdsweep.precision import precision_for
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -42,6 +44,8 @@ class TrainSettings:
     num_threads: int | None
     labels: int | float | None = None  # None: every example labelled (kdsweep.labels)
     transfer_set: str = "labelled"
+    precision: int | str = "32"  # kdsweep.precision's names
+    loader: dict | None = None  # kdsweep.batches.LoaderSettings's fields; None: its defaults
 
     def checked(self) -> TrainSettings:
         _check_schedule("train", self.epochs, self.batch_size, self.lr, self.weight_decay)
@@ -49,6 +53,8 @@ class TrainSettings:
         _require(self.num_threads is None or (_is_int(self.num_threads) and self.num_threads >= 1),
                  "train.num_threads", self.num_threads, "an integer >= 1, or null for torch's default")
         check_labels(self.labels, self.transfer_set)
+        precision_for(self.precision)
+        loader_settings(self.loader)
         return self
 
 
@@ -85,3 +91,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda, but torch sees no CUDA device; use train.device=auto or cpu.")
     return torch.device(name)
+
+
+def loader_settings(values: dict | None) -> LoaderSettings:
+    """train.loader as LoaderSettings, each key checked (ConfigError naming it)."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(LoaderSettings.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"train.loader holds {unknown}, which kdsweep does not know; its keys are "
+                          f"{sorted(LoaderSettings.__dataclass_fields__)}.")
+    settings = LoaderSettings(**values)
+    _require(_is_int(settings.num_workers) and settings.num_workers >= 0, "train.loader.num_workers",
+             settings.num_workers, "an integer >= 0 (0: read in the training process)")
+    _require(settings.pin_memory in (None, True, False), "train.loader.pin_memory", settings.pin_memory,
+             "true, false or null (pinned when the device is CUDA)")
+    _require(settings.persistent_workers in (True, False), "train.loader.persistent_workers",
+             settings.persistent_workers, "true or false")
+    _require(settings.prefetch_factor is None or (_is_int(settings.prefetch_factor) and settings.prefetch_factor >= 1),
+             "train.loader.prefetch_factor", settings.prefetch_factor, "an integer >= 1, or null for the default")
+    return settings

@@ -83,7 +83,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     # Imported here, not at the top: they import torch (1-2 s), which `--help` and -c job never use.
     from dataclasses import fields
 
-    from kdsweep.config import TeacherSettings, TrainSettings, resolve_device
+    from kdsweep.config import TeacherSettings, TrainSettings, loader_settings, resolve_device
+    from kdsweep.precision import precision_for
     from kdsweep.errors import ConfigError
     from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
@@ -137,6 +138,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
         pruning=pruning_from_hydra(),
         config=OmegaConf.to_container(cfg, resolve=True),
         keep_students=cfg.keep_students,
+        precision=precision_for(train.precision),
+        loader=loader_settings(train.loader),
     )
 
 

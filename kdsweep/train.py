@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -13,15 +14,34 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdsweep import preemption
+from kdsweep.batches import DataTimer, LoaderSettings, batches
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError
 from kdsweep.losses import LossParts
 from kdsweep.metrics import accuracy, predict_logits
+from kdsweep.precision import Precision
 
-# (student logits of a batch, the batch's indices into the training set, the epoch from 1) -> loss
-# parts. Taking the indices lets a loss look up per-example targets computed once, such as the
-# teacher's logits; the epoch, a warm-up of the loss's weights (DKD's).
-LossFn = Callable[[torch.Tensor, torch.Tensor, int], LossParts]
+@dataclass(frozen=True)
+class View:
+    """What the student sees at one training step.
+
+    x: (B, ...) its input on the training device, after any augmentation; idx: (B,) the batch's rows of
+    the training set (labels, a teacher's logits computed once, the labelled mask are looked up by them);
+    mix: None, or how augmentation mixed the batch's rows (kdsweep.augment), for the hard-label term.
+    """
+
+    x: torch.Tensor
+    idx: torch.Tensor
+    mix: Any = None
+
+
+# (student logits of a batch in float32, the step's View, the epoch from 1) -> loss parts. The view
+# gives the indices (per-example targets computed once, such as the teacher's logits on fixed inputs)
+# and the input itself (a teacher run on the student's augmented view); the epoch, a warm-up of the
+# loss's weights (DKD's).
+LossFn = Callable[[torch.Tensor, View, int], LossParts]
+# (inputs (B, ...) on the device, a generator on the device) -> (the student's view, its mixing or None)
+Augment = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, Any]]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 # (epoch from 1, that epoch's val accuracy in [0, 1]) -> True to stop training after this epoch. Called
 # every `report_every` epochs; a pruner's report-and-ask (kdsweep.pruning) is one.
@@ -36,6 +56,10 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     stopped_epoch: int | None = None  # the epoch after which should_stop said stop; None: all epochs ran
+    # Where the time went: training examples per second of training, and the share of that time spent
+    # waiting for batches (reading, decoding, copying); a high share means the loader is the bottleneck.
+    examples_per_second: float | None = None
+    data_wait_share: float | None = None
 
     def record_epoch(
         self, epoch: int, loss: float, soft: float, hard: float, val_acc: float,
@@ -78,6 +102,11 @@ def fit(
     batch_size: int,
     generator: torch.Generator,
     max_shift: int = 0,
+    augment: Augment | None = None,
+    augment_seed: int = 0,
+    precision: Precision = Precision(),
+    loader: LoaderSettings | None = None,
+    device: torch.device | None = None,
     progress: bool = False,
     description: str = "train",
     should_stop: ShouldStop | None = None,
@@ -89,53 +118,76 @@ def fit(
     too, when it falls on that period); when it returns True training ends there, with the result's
     `stopped_epoch` set and its history and best state up to that epoch.
 
+    augment: the student's view of each batch, drawn with its own generator on the device (seeded with
+    `augment_seed`), so the batch order is the same with and without augmentation. precision: autocast
+    for the forward pass, a gradient scaler for float16; `loss_fn` gets float32 logits. loader, device:
+    how the batches are read (kdsweep.batches); device None: x's own.
+
     Raises DivergenceError as soon as an epoch's mean loss is NaN or infinite: a diverged trial must
     fail loudly rather than hand NaN to the sweeper.
     """
     start = time.perf_counter()
     n = len(train_x)
+    device = device or train_x.device
     best = FitResult()
+    timer = DataTimer()
+    scaler = precision.scaler(device)
+    aug_generator = torch.Generator(device).manual_seed(augment_seed) if augment is not None else None
     first_epoch, resume = 1, preemption.saved()  # a requeued job: on from the batch where training stopped
     if resume is not None:
         first_epoch, best = resume["epoch"], FitResult(**resume["best"])
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
+        if aug_generator is not None and resume.get("aug_generator") is not None:
+            aug_generator.set_state(resume["aug_generator"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
     for epoch in tqdm(range(first_epoch, epochs + 1), desc=description, disable=not progress, leave=False):
         model.train()
         if resume is not None and epoch == first_epoch:  # the interrupted epoch's order, and its losses so far
-            order, first = resume["order"].to(train_x.device), resume["begin"]
-            step_losses = [t.to(train_x.device) for t in resume["step_losses"]]
+            order, first = resume["order"].cpu(), resume["begin"]
+            step_losses = [t.to(device) for t in resume["step_losses"]]
         else:
-            order, first = torch.randperm(n, generator=generator).to(train_x.device), 0
+            order, first = torch.randperm(n, generator=generator), 0
             step_losses = []  # detached, summed once per epoch: no per-step arithmetic or device sync
-        for begin in range(first, n, batch_size):
+        for begin, (idx, x) in zip(range(first, n, batch_size),
+                                   batches(train_x, order[first:], batch_size, device, loader, timer)):
             if preemption.pending() is not None:  # SIGTERM or SIGUSR2: stop here, between two steps
                 note = preemption.save(lambda: {
                     "epoch": epoch, "begin": begin, "batch_size": batch_size, "order": order,
                     "step_losses": step_losses, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
+                    "generator": generator.get_state(), "scaler": scaler.state_dict(),
+                    "aug_generator": None if aug_generator is None else aug_generator.get_state(),
                     "best": {**asdict(best), "seconds": best.seconds + time.perf_counter() - start}})
                 raise preemption.interrupted(preemption.pending(), epoch, begin // batch_size + 1,
                                              math.ceil(n / batch_size), description, note)
-            idx = order[begin : begin + batch_size]
-            x = train_x[idx]
             if max_shift:
                 x = random_shift(x, max_shift, generator)
-            parts = loss_fn(model(x), idx, epoch)
+            mix = None
+            if augment is not None:
+                x, mix = augment(x, aug_generator)
+            with precision.autocast(device):
+                logits = model(x)
+            parts = loss_fn(logits.float(), View(x, idx, mix), epoch)
             optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            optimizer.step()
+            scaler.scale(parts.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step_losses.append(torch.stack([parts.total, parts.soft, parts.hard]).detach())
-        sizes = torch.tensor([min(batch_size, n - b) for b in range(0, n, batch_size)], device=train_x.device)
+        sizes = torch.tensor([min(batch_size, n - b) for b in range(0, n, batch_size)], device=device)
         loss, soft, hard = ((torch.stack(step_losses) * sizes[:, None]).sum(0) / n).tolist()
         if not math.isfinite(loss):
             raise divergence_error(epoch, loss, soft, hard)
-        val_acc = accuracy(predict_logits(model, val.x), val.y)
+        with precision.autocast(device):
+            val_acc = accuracy(predict_logits(model, val.x), val.y)
         best.record_epoch(epoch, loss, soft, hard, val_acc,
                           lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
         if should_stop is not None and epoch % report_every == 0 and should_stop(epoch, val_acc):
             best.stopped_epoch = epoch
             break
-    best.seconds += time.perf_counter() - start  # a resumed training's earlier seconds included
+    seconds = time.perf_counter() - start
+    best.seconds += seconds  # a resumed training's earlier seconds included
+    best.examples_per_second = timer.examples / seconds if seconds > 0 else None
+    best.data_wait_share = timer.wait_seconds / seconds if seconds > 0 else None
     return best

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kdsweep import cache, preemption
+from kdsweep.batches import LoaderSettings
 from kdsweep.config import TeacherSettings, TrainSettings
 from kdsweep.data import Dataset
 from kdsweep.errors import ConfigError, DataError, TrialPruned
@@ -29,13 +30,14 @@ from kdsweep.labels import indices_digest, labelled_count, labelled_data, labell
 from kdsweep.losses import LossParts
 from kdsweep.methods import CE, KD, LossMethod
 from kdsweep.metrics import accuracy, agreement, predict_logits
+from kdsweep.precision import Precision, precision_for
 from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
 from kdsweep.profiling import trial_size
 from kdsweep.ratios import points
 from kdsweep.student import keep_trial_student
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
-from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
+from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, View, fit
 
 if TYPE_CHECKING:
     from kdsweep.pruning import PruningSettings
@@ -70,11 +72,17 @@ class TrialSettings:
     config: dict[str, Any] | None = None  # the composed config, for the student's manifest (kdsweep.student)
     keep_students: str = "all"  # keep_students: all, best or none (kdsweep.student)
     loss_name: str = ""  # the loss's name in reports (loss.name); empty: the class's own
+    precision: Precision = Precision()  # train.precision (kdsweep.precision)
+    loader: LoaderSettings = LoaderSettings()  # train.loader: how streamed inputs are read
 
     @property
     def student_schedule(self) -> dict[str, Any]:
+        """The student's training schedule: train_network's keywords, and part of the baseline's cache key."""
         t = self.train
-        return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay, "seed": self.seed}
+        schedule = {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay, "seed": self.seed}
+        if self.precision.name != "32":  # only then: float32 runs keep the cache keys they had
+            schedule["precision"] = self.precision.name
+        return schedule
 
 
 @dataclass
@@ -98,18 +106,21 @@ def train_network(
     net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, loss_fn: LossFn | None = None, *,
     epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
     description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
+    precision: str = "32", loader: LoaderSettings | None = None,
 ) -> FitResult:
     """Train `net` on the training set with `loss_fn`; by default `CE` on the hard labels.
 
-    should_stop, report_every: as `train.fit`'s (the pruner's hook).
+    should_stop, report_every: as `train.fit`'s (the pruner's hook). precision: kdsweep.precision's
+    name; loader: how streamed inputs are read.
     """
     labels = data.train.y
     optimizer = make_optimizer(net.parameters(), lr=lr, weight_decay=weight_decay)
     return fit(
-        net, data.train.x, loss_fn or (lambda logits, idx, epoch: CE()(logits, None, labels[idx])), optimizer, data.val,
+        net, data.train.x, loss_fn or (lambda logits, view, epoch: CE()(logits, None, labels[view.idx])), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
         max_shift=max_shift, progress=sys.stderr.isatty(), description=description,
-        should_stop=should_stop, report_every=report_every,
+        should_stop=should_stop, report_every=report_every, precision=precision_for(precision), loader=loader,
+        device=next(net.parameters()).device,
     )
 
 
@@ -257,13 +268,15 @@ def fit_student(
     method, labels = settings.loss, data.train.y
     teacher_train = None if teacher is None else teacher.train
 
-    def loss_fn(s: torch.Tensor, idx: torch.Tensor, epoch: int) -> LossParts:
+    def loss_fn(s: torch.Tensor, view: View, epoch: int) -> LossParts:
+        idx = view.idx
         return method(s, None if teacher_train is None else teacher_train[idx], labels[idx],
                       None if mask is None else mask[idx], epoch=epoch)
 
     report_every = settings.pruning.report_every if settings.pruning is not None else 1
     return train_network(student, data, settings.make_optimizer, loss_fn, **settings.student_schedule,
-                         description="student", should_stop=should_stop, report_every=report_every)
+                         description="student", should_stop=should_stop, report_every=report_every,
+                         loader=settings.loader)
 
 
 def get_baseline(settings: TrialSettings, data: Dataset, labelled: torch.Tensor | None = None) -> dict[str, float]:
@@ -281,7 +294,8 @@ def get_baseline(settings: TrialSettings, data: Dataset, labelled: torch.Tensor 
     def build() -> dict[str, Any]:
         log.info("training the baseline student (cross-entropy); it is cached for later trials")
         student = new_student(settings, data)
-        result = train_network(student, data, settings.make_optimizer, **settings.student_schedule, description="baseline")
+        result = train_network(student, data, settings.make_optimizer, **settings.student_schedule, description="baseline",
+                               loader=settings.loader)
         student.load_state_dict(result.best_state)
         return {
             "state_dict": {k: v.cpu() for k, v in result.best_state.items()},
@@ -301,7 +315,9 @@ def finish_trial(
     settings: TrialSettings, inputs: TrialInputs, student: nn.Module, result: FitResult, output_dir: Path
 ) -> dict[str, Any]:
     """Evaluate the best-val state, add the paired baseline, write metrics.json; return the metrics."""
-    data, timings = inputs.data, dict(inputs.timings, train_seconds=result.seconds)
+    data, timings = inputs.data, dict(inputs.timings, train_seconds=result.seconds,
+                                      examples_per_second=result.examples_per_second,
+                                      data_wait_share=result.data_wait_share)
     start = time.perf_counter()
     student.load_state_dict(result.best_state)
     test_logits = predict_logits(student, data.test.x)
@@ -349,6 +365,7 @@ def finish_trial(
             "batch_size": settings.train.batch_size,
             "lr": settings.train.lr,
             "device": str(settings.device),
+            "precision": settings.precision.name,
         },
         # "pruned": the pruner stopped it after results.epoch_reached epochs; its results are those of
         # the best epoch up to then, and it raises TrialPruned after writing this file.

@@ -61,8 +61,8 @@ def single_run(settings, inputs):
     data, loss = inputs.data, settings.loss
     steps = []
 
-    def loss_fn(logits, idx, epoch):
-        parts = loss(logits, inputs.teacher_logits.train[idx], data.train.y[idx], epoch=epoch)
+    def loss_fn(logits, view, epoch):
+        parts = loss(logits, inputs.teacher_logits.train[view.idx], data.train.y[view.idx], epoch=epoch)
         steps.append(parts.total.item())
         return parts
 

@@ -28,11 +28,11 @@ def train(data, signal_at_step: int | None = None, signum: int = signal.SIGUSR2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     steps = [0]
 
-    def loss_fn(logits, idx, epoch):  # kdsweep.train.LossFn: the epoch too (DKD's warm-up)
+    def loss_fn(logits, view, epoch):  # kdsweep.train.LossFn: the step's View and the epoch (DKD's warm-up)
         if steps[0] == signal_at_step:
             os.kill(os.getpid(), signum)
         steps[0] += 1
-        return CE()(logits, None, data.train.y[idx])
+        return CE()(logits, None, data.train.y[view.idx])
 
     result = fit(model, data.train.x, loss_fn, optimizer, data.val, epochs=EPOCHS, batch_size=BATCH,
                  generator=torch.Generator().manual_seed(0))

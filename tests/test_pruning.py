@@ -53,7 +53,7 @@ def tiny_fit(epochs: int, **hook: Any):
     x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    return fit(model, x, lambda logits, idx, epoch: CE()(logits, None, y[idx]), optimizer, Split(x[:32], y[:32]),
+    return fit(model, x, lambda logits, view, epoch: CE()(logits, None, y[view.idx]), optimizer, Split(x[:32], y[:32]),
                epochs=epochs, batch_size=16, generator=torch.Generator().manual_seed(0), **hook)
 
 
