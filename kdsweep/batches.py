@@ -36,20 +36,63 @@ class LoaderSettings:
 
 
 def batches(
-    x: torch.Tensor, order: torch.Tensor, batch_size: int, device: torch.device,
+    x: torch.Tensor, order: torch.Tensor | None, batch_size: int, device: torch.device,
     loader: LoaderSettings | None = None, timer: DataTimer | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(idx, inputs) per consecutive chunk of `order`: idx (B,) int64 on x's device, inputs x[idx] on `device`.
 
-    x: (N, ...) inputs, a tensor (on any device) or streamed inputs. order: (M,) int64 row indices into
-    x, on any device; the last batch may be short. timer: adds the seconds spent obtaining each batch.
+    x: (N, ...) inputs, a tensor (on any device) or streamed inputs (kdsweep.streaming), read through
+    their DataLoader with `loader`'s options (pinned memory where the device is CUDA unless set).
+    order: (M,) int64 row indices into x, on any device, or None for every row in order (evaluation);
+    the last batch may be short. timer: adds the seconds spent obtaining each batch: for streamed
+    inputs the time blocked on the DataLoader (reading, decoding, the workers' hand-over) plus the
+    copy to the device.
     """
-    order = order.to(x.device)
-    for begin in range(0, len(order), batch_size):
-        start = time.perf_counter()
-        idx = order[begin : begin + batch_size]
-        inputs = x[idx].to(device, non_blocking=True)
-        if timer is not None:
-            timer.wait_seconds += time.perf_counter() - start
-            timer.examples += len(idx)
+    if isinstance(x, torch.Tensor):
+        if order is None:  # slices: views, no copy
+            for begin in range(0, len(x), batch_size):
+                start = time.perf_counter()
+                inputs = x[begin : begin + batch_size].to(device, non_blocking=True)
+                _count(timer, start, len(inputs))
+                yield torch.arange(begin, begin + len(inputs), device=x.device), inputs
+            return
+        order = order.to(x.device)
+        for begin in range(0, len(order), batch_size):
+            start = time.perf_counter()
+            idx = order[begin : begin + batch_size]
+            inputs = x[idx].to(device, non_blocking=True)
+            _count(timer, start, len(idx))
+            yield idx, inputs
+        return
+    order = torch.arange(len(x)) if order is None else order.cpu()
+    settings = loader or LoaderSettings()
+    pin = settings.pin_memory if settings.pin_memory is not None else device.type == "cuda"
+    data_loader, sampler = x.loader(settings, bool(pin))
+    chunks = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    sampler.chunks = [c.tolist() for c in chunks]
+    start = time.perf_counter()
+    for idx, inputs in zip(chunks, data_loader):  # iter(data_loader) starts the workers' reads
+        inputs = inputs.to(device, non_blocking=bool(pin))
+        _count(timer, start, len(idx))
         yield idx, inputs
+        start = time.perf_counter()
+
+
+def _count(timer: DataTimer | None, start: float, examples: int) -> None:
+    if timer is not None:
+        timer.wait_seconds += time.perf_counter() - start
+        timer.examples += examples
+
+
+# A trial whose share of training time spent waiting for data is above this is loader-bound.
+LOADER_BOUND_SHARE = 0.5
+
+
+def loader_bound_warning(data_wait_share: float | None, streamed: bool, num_workers: int) -> str | None:
+    """The warning for a trial that spent more than LOADER_BOUND_SHARE of its training waiting for data, or None."""
+    if data_wait_share is None or data_wait_share <= LOADER_BOUND_SHARE:
+        return None
+    advice = (f"raise train.loader.num_workers (now {num_workers}) so that batches are read while the model trains"
+              if streamed else "the inputs are in memory: a larger train.batch_size gives each copy more work")
+    return (f"{data_wait_share:.0%} of the training time went to waiting for data (metrics.json: timings."
+            f"data_wait_share): the loader, not the model, is the bottleneck; {advice}.")

@@ -35,7 +35,9 @@ IDX_CLASSES = 10
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # (N, ...): float32 (images (N, C, H, W), feature vectors (N, D)), or int64 token ids
+    # (N, ...): float32 (images (N, C, H, W), feature vectors (N, D)), or int64 token ids; an in-memory
+    # tensor, or streamed inputs (kdsweep.streaming.StreamedInputs) read per batch
+    x: torch.Tensor
     y: torch.Tensor  # int64, (N,), class indices in [0, num_classes)
 
     def __len__(self) -> int:
@@ -59,6 +61,8 @@ class Dataset:
     source_sizes: dict[str, int] | None = None
     # A hash of the data's contents where the files or code behind `name` can change (own data).
     fingerprint: str | None = None
+    # Which path the inputs take (in memory, or streamed: kdsweep.streaming) and why, for the log.
+    reading: str | None = None
 
     def to(self, device: torch.device) -> Dataset:
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
@@ -106,7 +110,7 @@ def check_split(x: np.ndarray, y: np.ndarray, where: str, x_name: str, y_name: s
     all pass here (and through `check_classes`), so that what one source refuses, every source refuses.
 
     Args:
-        x: inputs, (N, ...) with N >= 1: a float dtype with finite values (features, images), or an
+        x: inputs, (N, ...) with N >= 1 (an array, or a `kdsweep.streaming.NpyArray` read in chunks): a float dtype with finite values (features, images), or an
             integer dtype that fits int64 (token ids, raw pixels). Booleans, complex, objects are refused.
         y: labels, (N,): an integer dtype (a float label could be 2.7; it is not rounded for you).
         where: what the arrays come from, e.g. "data.path=my.npz" or "data.root=/usr/share/datasets/mnist".
@@ -124,12 +128,21 @@ def check_split(x: np.ndarray, y: np.ndarray, where: str, x_name: str, y_name: s
         raise DataError(f"{where}: {y_name} must hold integer class indices (an integer dtype), but has dtype "
                         f"{y.dtype}; convert it with y.astype('int64').")
     if np.issubdtype(x.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
+        bad = nonfinite_count(x)
         if bad:
             raise DataError(f"{where}: {x_name} holds {bad} NaN or infinite values; inputs must be finite.")
     elif not np.issubdtype(x.dtype, np.integer) or x.dtype == np.uint64:
         raise DataError(f"{where}: {x_name} must be a float array (features, images) or an integer array "
                         f"(token ids), but has dtype {x.dtype}.")
+
+
+def nonfinite_count(x: np.ndarray) -> int:
+    """How many values of the float array x (N, ...) are NaN or infinite, counted a chunk of rows at a
+    time (about 64 MiB each), so that neither a streamed array nor a full-size mask is ever held."""
+    from kdsweep.streaming import chunk_rows
+
+    step = chunk_rows(int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize)
+    return sum(int(np.count_nonzero(~np.isfinite(x[i : i + step]))) for i in range(0, len(x), step))
 
 
 def check_classes(labels: dict[str, np.ndarray], num_classes: int | None, where: str, why: str) -> int:
@@ -271,4 +284,7 @@ def take_subset(data: Dataset, subset: int | None) -> Dataset:
     rows = dict(data.rows or {})
     if "train" in rows:
         rows["train"] = (rows["train"][0], rows["train"][1][:subset])
-    return dataclasses.replace(data, train=Split(data.train.x[:subset], data.train.y[:subset]), rows=rows or None)
+    from kdsweep.streaming import take_rows
+
+    train = Split(take_rows(data.train.x, slice(None, subset)), data.train.y[:subset])
+    return dataclasses.replace(data, train=train, rows=rows or None)

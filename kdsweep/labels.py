@@ -98,7 +98,10 @@ def labelled_data(data: Dataset, indices: torch.Tensor) -> Dataset:
     rows = dict(data.rows or {})
     if "train" in rows:  # the source rows of the kept examples, as `kdsweep.data` keeps them for a subset
         rows["train"] = (rows["train"][0], rows["train"][1][indices.cpu()])
-    return dataclasses.replace(data, train=Split(data.train.x[indices], data.train.y[indices]), rows=rows or None)
+    from kdsweep.streaming import take_rows
+
+    train = Split(take_rows(data.train.x, indices), data.train.y[indices])
+    return dataclasses.replace(data, train=train, rows=rows or None)
 
 
 def labelled_mask(train_size: int, indices: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from kdsweep.torch_files import load_torch_file
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 SPLITS = ("train", "val", "test")
-SOURCES = ("file", "function")
+SOURCES = ("file", "function", "npy", "image_folder")
 
 # Loaded data sets, per spec and contents: every trial of an in-process sweep shares one.
 _LOADED: dict[str, Dataset] = {}
@@ -75,8 +76,11 @@ def read_array_file(path: Path, key: str) -> dict[str, np.ndarray]:
                     f"but ends in {path.suffix or 'nothing'!r}.")
 
 
-def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None) -> tuple[dict[str, np.ndarray], int]:
+def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None,
+                 convert: bool = True) -> tuple[dict[str, np.ndarray], int]:
     """The checked arrays (x as float32 or int64, y as int64) and the class count.
+
+    convert=False: x stays as given (a streamed array, kdsweep.streaming.NpyArray, converted per batch).
 
     Raises DataError for missing keys, a split without rows, rows that disagree, a wrong dtype or
     shape, NaN or infinite inputs, or labels outside [0, num_classes).
@@ -90,16 +94,18 @@ def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None)
     out: dict[str, np.ndarray] = {}
     for split in [s for s in SPLITS if f"x_{s}" in arrays]:
         try:
-            x, y = as_array(arrays[f"x_{split}"]), as_array(arrays[f"y_{split}"])
+            x = as_array(arrays[f"x_{split}"]) if convert else arrays[f"x_{split}"]
+            y = as_array(arrays[f"y_{split}"])
         except Exception as e:  # e.g. a list of rows of different lengths, from the user's function
             raise DataError(f"{where}: x_{split} and y_{split} must be arrays (numpy, torch, or nested lists of one "
                             f"shape): {type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
         check_split(x, y, where, f"x_{split}", f"y_{split}")  # the check every data source passes
         # Float inputs as float32; integer ones (token ids) stay integers, as int64.
-        out[f"x_{split}"] = x.astype(np.float32 if np.issubdtype(x.dtype, np.floating) else np.int64, copy=False)
+        kind = np.float32 if np.issubdtype(x.dtype, np.floating) else np.int64
+        out[f"x_{split}"] = x.astype(kind, copy=False) if convert else x
         out[f"y_{split}"] = y.astype(np.int64, copy=False)
-    shapes = {s: out[f"x_{s}"].shape[1:] for s in SPLITS if f"x_{s}" in out}
-    kinds = {s: out[f"x_{s}"].dtype.name for s in shapes}
+    shapes = {s: tuple(out[f"x_{s}"].shape[1:]) for s in SPLITS if f"x_{s}" in out}
+    kinds = {s: "float32" if np.issubdtype(out[f"x_{s}"].dtype, np.floating) else "int64" for s in shapes}
     if len(set(shapes.values())) > 1 or len(set(kinds.values())) > 1:
         raise DataError(f"{where}: every split's x must have the same shape per example and kind, but "
                         f"they are {', '.join(f'x_{s} {shapes[s]} {kinds[s]}' for s in shapes)}.")
@@ -113,8 +119,15 @@ def check_arrays(arrays: Mapping[str, Any], where: str, num_classes: int | None)
 
 
 def _row_digests(x: np.ndarray) -> list[bytes]:
-    rows = np.ascontiguousarray(x).reshape(len(x), -1)
-    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+    """A digest per row of x (an array, or a streamed NpyArray read a chunk of rows at a time)."""
+    from kdsweep.streaming import chunk_rows
+
+    step = chunk_rows(int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize)
+    digests = []
+    for i in range(0, len(x), step):
+        chunk = np.ascontiguousarray(x[i : i + step])
+        digests += [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in chunk.reshape(len(chunk), -1)]
+    return digests
 
 
 def _check_overlap(arrays: dict[str, np.ndarray], where: str) -> None:
@@ -136,14 +149,11 @@ def _int_or_none(spec: Mapping[str, Any], key: str, low: int) -> int | None:
     return value
 
 
-def dataset_from_arrays(arrays: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> Dataset:
-    """Check, split (val carved from train where there is none), standardise if asked, subset."""
-    checked, num_classes = check_arrays(arrays, where, spec.get("num_classes"))
-    if not spec.get("allow_overlap", False):
-        _check_overlap(checked, where)
-    sizes = {s: len(checked[f"y_{s}"]) for s in SPLITS if f"y_{s}" in checked}
+def split_rows(sizes: Mapping[str, int], spec: Mapping[str, Any], where: str) -> dict[str, tuple[str, np.ndarray]]:
+    """Each split's (source split, sorted rows): val carved from train (data.val_size or val_fraction,
+    rows drawn with data.split_seed) where the source has no val. sizes: the source's split sizes."""
     n = sizes["train"]
-    if "x_val" in checked:
+    if "val" in sizes:
         rows = {s: (s, np.arange(sizes[s])) for s in SPLITS}
     else:
         val_size = _int_or_none(spec, "val_size", 1)
@@ -160,6 +170,16 @@ def dataset_from_arrays(arrays: Mapping[str, Any], spec: Mapping[str, Any], wher
         order = np.random.default_rng(spec.get("split_seed", 0)).permutation(n)
         rows = {"train": ("train", np.sort(order[val_size:])), "val": ("train", np.sort(order[:val_size])),
                 "test": ("test", np.arange(sizes["test"]))}
+    return rows
+
+
+def dataset_from_arrays(arrays: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> Dataset:
+    """Check, split (val carved from train where there is none), standardise if asked, subset."""
+    checked, num_classes = check_arrays(arrays, where, spec.get("num_classes"))
+    if not spec.get("allow_overlap", False):
+        _check_overlap(checked, where)
+    sizes = {s: len(checked[f"y_{s}"]) for s in SPLITS if f"y_{s}" in checked}
+    rows = split_rows(sizes, spec, where)
     xs = {s: checked[f"x_{src}"][idx] for s, (src, idx) in rows.items()}
     ys = {s: checked[f"y_{src}"][idx] for s, (src, idx) in rows.items()}
     if spec.get("standardize", False):
@@ -194,7 +214,7 @@ def _stack_dataset(dataset: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def arrays_from_function(loader: Callable[[], Any], target: str) -> dict[str, Any]:
+def call_data_function(loader: Callable[[], Any], target: str) -> Mapping[str, Any]:
     """Call the user's data function once: a mapping of arrays, or of one torch Dataset per split."""
     where = f"data.loader._target_={target}"
     try:
@@ -204,6 +224,13 @@ def arrays_from_function(loader: Callable[[], Any], target: str) -> dict[str, An
     if not isinstance(result, Mapping):
         raise DataError(f"{where} returned a {type(result).__name__}; it must return a dict of arrays (x_train, "
                         "y_train, x_test, y_test[, x_val, y_val]) or of torch Datasets (train, test[, val]).")
+    return result
+
+
+def arrays_from_function(loader: Callable[[], Any], target: str, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The user's data function's arrays (its Datasets' items stacked); result: its return value, if called."""
+    where = f"data.loader._target_={target}"
+    result = call_data_function(loader, target) if result is None else result
     if "train" in result or "test" in result:
         arrays: dict[str, Any] = {}
         for split in SPLITS:
@@ -265,16 +292,27 @@ def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = Non
     `spec` is the `data` config node as plain values (without the epochs); `loader` the user's
     function for `source: function`. Own data gets `fingerprint`, a hash of its contents.
     """
+    from kdsweep import streamed_data
+
     source = spec.get("source")
     if source is None:
-        return load_data(**{k: v for k, v in spec.items() if k != "loader"})
+        streamed_data.refuse_stream(spec, f"data.name={spec.get('name')}")
+        data = load_data(**{k: v for k, v in spec.items() if k not in ("loader", *streamed_data.STREAM_KEYS)})
+        return _logged(dataclasses.replace(data, reading=data.reading or "data: in memory (a built-in data set)"))
     if source not in SOURCES:
         raise ConfigError(f"data.source must be one of {sorted(SOURCES)} (or absent for a built-in data set), "
                           f"but got data.source={source!r}.")
     memo = json.dumps(dict(spec), sort_keys=True, default=str)
+    if source in ("npy", "image_folder"):
+        read = streamed_data.load_npy_folder if source == "npy" else streamed_data.load_image_folder
+        data = read(spec, index_dir)  # fingerprinted first (cached by stat), then loaded once per contents
+        memo += data.fingerprint or ""
+        _LOADED.setdefault(memo, data)
+        return _logged(_LOADED[memo])
     if source == "file":
         if not isinstance(spec.get("path"), str):
             raise ConfigError(f"data.path must name a .npz or .pt file, but got data.path={spec.get('path')!r}.")
+        streamed_data.refuse_stream(spec, f"data.path={spec['path']} (a .npz or .pt file; data=npy streams a folder of .npy files)")
         path = Path(spec["path"])
         if not path.is_file():
             raise DataError(f"data.path={path} does not exist or is not a file.")
@@ -282,16 +320,35 @@ def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = Non
         memo += fingerprint
         if memo not in _LOADED:
             data = dataset_from_arrays(read_array_file(path, "data.path"), spec, f"data.path={path}")
-            _LOADED[memo] = dataclasses.replace(data, fingerprint=fingerprint)
-        return _LOADED[memo]
+            _LOADED[memo] = dataclasses.replace(data, fingerprint=fingerprint, reading="data: in memory (a .npz or .pt file)")
+        return _logged(_LOADED[memo])
     if loader is None:
         raise ConfigError("data.source=function needs data.loader._target_: the dotted path of your function.")
     if memo not in _LOADED:  # the function is called once per process
         target = str((spec.get("loader") or {}).get("_target_"))
-        arrays = arrays_from_function(loader, target)
+        result = call_data_function(loader, target)
+        if "train" in result or "test" in result:  # Datasets: kept as Datasets when streamed
+            missing = [s for s in ("train", "test") if s not in result]
+            if missing:
+                raise DataError(f"data.loader._target_={target} returned Datasets without {missing}: it must return "
+                                "train and test (and optionally val).")
+            where = f"data.loader._target_={target}"
+            streamed, why = streamed_data.datasets_dataset(result, spec, where, f"the Datasets of {where}")
+            if streamed is not None:
+                _LOADED[memo] = streamed
+                return _logged(streamed)
+        else:
+            why = "arrays returned by the function"
+        arrays = arrays_from_function(loader, target, result)
         data = dataset_from_arrays(arrays, spec, f"the data of data.loader._target_={target}")
-        _LOADED[memo] = dataclasses.replace(data, fingerprint=_arrays_fingerprint(arrays))
-    return _LOADED[memo]
+        _LOADED[memo] = dataclasses.replace(data, fingerprint=_arrays_fingerprint(arrays), reading=f"data: in memory: {why}")
+    return _logged(_LOADED[memo])
+
+
+def _logged(data: Dataset) -> Dataset:
+    """The data, its path (in memory or streamed, and why) said in the log: one INFO line per load."""
+    logging.getLogger("kdsweep").info("%s", data.reading)
+    return data
 
 
 def index_dir_for(cache_dir: Path) -> Path | None:

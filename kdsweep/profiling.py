@@ -204,7 +204,7 @@ def trial_size(settings: TrialSettings, inputs: TrialInputs, student: nn.Module)
     from kdsweep.trial import network_spec
 
     data = inputs.data
-    example = data.train.x[:1]
+    example = data.train.x[:1].to(settings.device)  # streamed inputs are read on the CPU
     spec = network_spec(settings.student_arch, settings.make_student)
     figures, student_note = _measured("student", lambda: profile_network(
         lambda: student, spec, example, data.num_classes, settings.cache_dir))

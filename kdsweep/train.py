@@ -180,7 +180,7 @@ def fit(
         if not math.isfinite(loss):
             raise divergence_error(epoch, loss, soft, hard)
         with precision.autocast(device):
-            val_acc = accuracy(predict_logits(model, val.x), val.y)
+            val_acc = accuracy(predict_logits(model, val.x, loader=loader), val.y)
         best.record_epoch(epoch, loss, soft, hard, val_acc,
                           lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
         if should_stop is not None and epoch % report_every == 0 and should_stop(epoch, val_acc):

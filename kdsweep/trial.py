@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kdsweep import cache, preemption
-from kdsweep.batches import LoaderSettings
+from kdsweep.batches import LoaderSettings, loader_bound_warning
 from kdsweep.config import TeacherSettings, TrainSettings
 from kdsweep.data import Dataset
 from kdsweep.errors import ConfigError, DataError, TrialPruned
@@ -35,6 +35,8 @@ from kdsweep.models import build_network, check_outputs, code_fingerprint, count
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
 from kdsweep.profiling import trial_size
 from kdsweep.ratios import points
+from kdsweep.streamed_data import STREAM_KEYS
+from kdsweep.streaming import is_streamed
 from kdsweep.student import keep_trial_student
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
 from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, View, fit
@@ -126,7 +128,8 @@ def train_network(
 
 def data_spec(settings: TrialSettings, data: Dataset) -> dict[str, Any]:
     """The data's part of a cache key: its config, and a hash of its contents where they can change."""
-    return settings.data if data.fingerprint is None else {**settings.data, "fingerprint": data.fingerprint}
+    spec = {k: v for k, v in settings.data.items() if k not in STREAM_KEYS}  # how data are read changes no result
+    return spec if data.fingerprint is None else {**spec, "fingerprint": data.fingerprint}
 
 
 def network_spec(arch: dict[str, Any], factory: NetFactory) -> dict[str, Any]:
@@ -149,7 +152,7 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
     start = time.perf_counter()
     torch.manual_seed(t.seed)  # the teacher's initial weights, whether it is trained or loaded
     net = build_network(settings.make_teacher, "model.teacher.net", data.input_shape, data.num_classes).to(settings.device)
-    check_outputs(net, "model.teacher.net", data.train.x[:2], data.num_classes)  # data are on the device too
+    check_outputs(net, "model.teacher.net", data.train.x[:2].to(settings.device), data.num_classes)
     if t.max_shift and not (data.train.x.ndim == 4 and data.train.x.is_floating_point()):
         raise ConfigError(f"model.teacher.max_shift={t.max_shift} shifts images, but the data's inputs have shape "
                           f"{data.input_shape} and dtype {data.train.x.dtype}, not float images (C, H, W); set "
@@ -164,6 +167,7 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
             result = train_network(
                 net, data, settings.make_optimizer, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                 weight_decay=t.weight_decay, seed=t.seed, max_shift=t.max_shift, description="teacher",
+                loader=settings.loader,
             )
             net.load_state_dict(result.best_state)
             # Its logits too: a later process then skips the teacher's forward over every image (0.9 s
@@ -366,6 +370,7 @@ def finish_trial(
             "lr": settings.train.lr,
             "device": str(settings.device),
             "precision": settings.precision.name,
+            "data_path": "streamed" if is_streamed(data.train.x) else "in-memory",  # kdsweep.streaming
         },
         # "pruned": the pruner stopped it after results.epoch_reached epochs; its results are those of
         # the best epoch up to then, and it raises TrialPruned after writing this file.
@@ -385,6 +390,8 @@ def finish_trial(
     gain = f", gain over the baseline {points(results['gain'])} points" if "gain" in results else ""
     stopped = f"pruned after epoch {result.stopped_epoch}: " if result.stopped_epoch is not None else ""
     log.info("%sval acc %.4f, test acc %.4f%s", stopped, results["best_val_acc"], results["test_acc"], gain)
+    if (warning := loader_bound_warning(result.data_wait_share, is_streamed(data.train.x), settings.loader.num_workers)):
+        log.warning("%s", warning)
     return metrics
 
 

@@ -1,0 +1,273 @@
+"""Data that may not fit in memory: a folder of .npy arrays, an image folder, a data function's Datasets.
+
+Each is checked like every other source (`kdsweep.data.check_split`, `check_classes`, through
+`kdsweep.own_data.check_arrays`), split the same way (`own_data.split_rows`), and then either read into
+memory (the fast path for small data) or kept as streamed inputs (`kdsweep.streaming`), read per batch.
+`data.stream` chooses: true, false, or auto (absent: auto), which streams when the training inputs would
+take more than `data.memory_budget_mb` in memory. Either way the same rows arrive in the same order, so
+a trial's results do not depend on the path; `Dataset.reading` says which path was taken and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdsweep.data import Dataset, Split, as_array, take_subset
+from kdsweep.errors import ConfigError, DataError
+from kdsweep.streaming import DatasetReader, NpyArray, NpyReader, RowReader, StreamedInputs, chunk_rows
+
+# Config keys that choose how data are read, not what they are: no trial result depends on them.
+STREAM_KEYS = ("stream", "memory_budget_mb")
+NPY_NAMES = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
+SPLITS = ("train", "val", "test")
+DEFAULT_BUDGET_MB = 1024
+
+
+def stream_choice(spec: Mapping[str, Any], train_bytes: int, what: str) -> tuple[bool, str]:
+    """(stream?, why) from data.stream (true, false, auto; absent: auto) and data.memory_budget_mb.
+
+    train_bytes: what the training inputs would take in memory (float32 / int64). what: the data, for
+    the reason. Raises ConfigError for another data.stream or a budget that is not an integer >= 1.
+    """
+    stream, budget = spec.get("stream", "auto"), spec.get("memory_budget_mb", DEFAULT_BUDGET_MB)
+    if not (isinstance(stream, bool) or stream == "auto"):
+        raise ConfigError(f"data.stream must be auto, true or false, but got data.stream={stream!r}.")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"data.memory_budget_mb must be an integer >= 1 (MiB), but got data.memory_budget_mb={budget!r}.")
+    mib = train_bytes / 2**20
+    if isinstance(stream, bool):
+        return stream, f"data.stream={str(stream).lower()}; the training inputs of {what} take {mib:,.0f} MiB"
+    if mib > budget:
+        return True, (f"data.stream=auto: the training inputs of {what} would take {mib:,.0f} MiB in memory, more "
+                      f"than data.memory_budget_mb={budget}")
+    return False, (f"data.stream=auto: the training inputs of {what} take {mib:,.0f} MiB, within "
+                   f"data.memory_budget_mb={budget}")
+
+
+def _reading(streamed: bool, why: str) -> str:
+    path = "streamed (read per batch through a DataLoader; train.loader sets its workers)" if streamed else "in memory"
+    return f"data: {path}: {why}"
+
+
+def refuse_stream(spec: Mapping[str, Any], what: str) -> None:
+    """For sources always read into memory (built-in sets, .npz/.pt files): data.stream=true is refused."""
+    stream_choice(spec, 0, what)  # checks the keys' values
+    if spec.get("stream") is True:
+        raise ConfigError(f"data.stream=true, but {what} is read into memory whole; streamed sources are "
+                          "data=npy (a folder of .npy files), data=image_folder, and data=function returning "
+                          "torch Datasets. Set data.stream=auto or false.")
+
+
+def _kind_bytes(dtype: np.dtype) -> int:
+    return 4 if np.issubdtype(dtype, np.floating) else 8  # float32 or int64, as in memory
+
+
+def _combined(parts: list[str]) -> str:
+    return hashlib.sha256(";".join(parts).encode()).hexdigest()[:20]
+
+
+def streamed_dataset(readers: Mapping[str, RowReader], checked: Mapping[str, Any], num_classes: int,
+                     spec: Mapping[str, Any], where: str, fingerprint: str, reading: str) -> Dataset:
+    """The Dataset of streamed splits: rows as `own_data.split_rows` gives them, labels in memory, subset."""
+    from kdsweep.own_data import _int_or_none, split_rows
+
+    if spec.get("standardize", False):
+        raise ConfigError(f"data.standardize=true needs the whole training set in memory, but {where} is streamed; "
+                          "set data.standardize=false (or data.stream=false), or standardise the files beforehand.")
+    sizes = {s: len(checked[f"y_{s}"]) for s in SPLITS if f"y_{s}" in checked}
+    rows = split_rows(sizes, spec, where)
+    data = Dataset(
+        str(spec.get("name")),
+        *(Split(StreamedInputs(readers[src], idx), torch.from_numpy(np.ascontiguousarray(checked[f"y_{src}"][idx])))
+          for src, idx in (rows[s] for s in SPLITS)),
+        num_classes=num_classes,
+        rows={s: (src, torch.from_numpy(idx)) for s, (src, idx) in rows.items()},
+        source_sizes=sizes, fingerprint=fingerprint, reading=reading,
+    )
+    return take_subset(data, _int_or_none(spec, "subset", 1))
+
+
+# ------------------------------------------------------------------------------------- .npy folders
+
+def load_npy_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
+    """data=npy: data.path is a folder of x_train.npy, y_train.npy, x_test.npy, y_test.npy [x_val.npy,
+    y_val.npy]. x is read per batch from disk when streamed (never mapped whole); labels into memory.
+    Its fingerprint combines each file's contents hash (`own_data.file_fingerprint`, cached by stat)."""
+    from kdsweep.own_data import _check_overlap, check_arrays, dataset_from_arrays, file_fingerprint
+
+    if not isinstance(spec.get("path"), str):
+        raise ConfigError(f"data.path must name a folder of .npy files, but got data.path={spec.get('path')!r}.")
+    folder = Path(spec["path"])
+    if not folder.is_dir():
+        raise DataError(f"data.path={folder} is not a folder; data=npy reads x_train.npy, y_train.npy, x_test.npy, "
+                        "y_test.npy (and optionally x_val.npy, y_val.npy) from a folder.")
+    where = f"the .npy files in data.path={folder}"
+    paths = {name: folder / f"{name}.npy" for name in NPY_NAMES if (folder / f"{name}.npy").is_file()}
+    arrays: dict[str, Any] = {name: NpyArray(path, "data.path") for name, path in paths.items()}
+    fingerprint = _combined([f"{name}:{file_fingerprint(path, index_dir)}" for name, path in sorted(paths.items())])
+    x_train = arrays.get("x_train")
+    train_bytes = 0 if x_train is None else len(x_train) * x_train.row_bytes // x_train.dtype.itemsize * _kind_bytes(x_train.dtype)
+    streamed, why = stream_choice(spec, train_bytes, f"data.path={folder}")
+    if not streamed:
+        try:
+            loaded = {name: np.load(path, allow_pickle=False) for name, path in paths.items()}
+        except (OSError, ValueError) as e:
+            raise DataError(f"{where} cannot be read: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
+        data = dataset_from_arrays(loaded, spec, where)
+        return dataclasses.replace(data, fingerprint=fingerprint, reading=_reading(False, why))
+    for name in [n for n in arrays if n.startswith("y_")]:  # labels: small, into memory
+        arrays[name] = np.load(paths[name], allow_pickle=False)
+    checked, num_classes = check_arrays(arrays, where, spec.get("num_classes"), convert=False)
+    if not spec.get("allow_overlap", False):
+        _check_overlap(checked, where)  # row digests a chunk at a time
+    readers = {s: NpyReader(checked[f"x_{s}"]) for s in SPLITS if f"x_{s}" in checked}
+    return streamed_dataset(readers, checked, num_classes, spec, where, fingerprint, _reading(True, why))
+
+
+# ------------------------------------------------------------------------------------ map-style Datasets
+
+def _shape_only(reader: DatasetReader, n: int) -> np.ndarray:
+    """A (n, *item_shape) array of zeros that takes no memory (stride 0), for the shape and dtype checks;
+    the inputs themselves are checked per batch (DatasetReader)."""
+    kind = np.float32 if reader.dtype.is_floating_point else np.int64
+    return np.broadcast_to(np.zeros((), dtype=kind), (n, *reader.item_shape))
+
+
+def _labels(dataset: Any, where: str, digest: Any) -> np.ndarray:
+    """A Dataset's labels: its `.targets` where it has them, else one pass over its items (inputs and
+    labels hashed into `digest` on the way)."""
+    targets = getattr(dataset, "targets", None)
+    try:
+        if targets is not None:
+            labels = as_array(targets).reshape(-1)
+            digest.update(f"targets:{len(dataset)};".encode())
+            digest.update(np.ascontiguousarray(labels).tobytes())
+            return labels
+        labels = []
+        for i in range(len(dataset)):
+            x, y = dataset[i]
+            digest.update(np.ascontiguousarray(as_array(x)).tobytes())
+            labels.append(as_array(y).item())  # as it is: check_split refuses a float label
+        return np.asarray(labels) if labels else np.empty(0, np.int64)
+    except Exception as e:  # the user's Dataset (its __getitem__ is their code): one paragraph naming it
+        raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
+                        f"integer label: {type(e).__name__}: {e}") from e
+
+
+def datasets_dataset(datasets: Mapping[str, Any], spec: Mapping[str, Any], where: str, what: str,
+                     fingerprint_parts: list[str] | None = None) -> tuple[Dataset | None, str]:
+    """(streamed data from one map-style Dataset per split (train, test[, val]), or None where data.stream
+    chooses memory (the caller then reads them whole), and data.stream's reason).
+
+    Labels come from each Dataset's `.targets` or one pass; the fingerprint hashes the labels and, for a
+    Dataset without `.targets`, every input (a Dataset with `.targets` is identified by its labels, its
+    length and `fingerprint_parts`, e.g. an image folder's file hashes).
+    """
+    from kdsweep.own_data import check_arrays
+
+    try:
+        readers = {s: DatasetReader(datasets[s], f"{where}: {s!r}") for s in SPLITS if s in datasets}
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{where} must give map-style torch Datasets of (x, y) items, but reading the first item "
+                        f"failed: {type(e).__name__}: {e}") from e
+    train = readers["train"]
+    row_bytes = int(np.prod(train.item_shape, dtype=np.int64)) * train.dtype.itemsize
+    streamed, why = stream_choice(spec, len(datasets["train"]) * row_bytes, what)
+    if not streamed:
+        return None, why
+    digest = hashlib.sha256("".join(fingerprint_parts or []).encode())
+    arrays: dict[str, Any] = {}
+    for s, reader in readers.items():
+        arrays[f"y_{s}"] = _labels(datasets[s], f"{where}: {s!r}", digest)
+        arrays[f"x_{s}"] = _shape_only(reader, len(datasets[s]))
+    checked, num_classes = check_arrays(arrays, where, spec.get("num_classes"), convert=False)
+    return streamed_dataset(readers, checked, num_classes, spec, where, digest.hexdigest()[:20], _reading(True, why)), why
+
+
+# ------------------------------------------------------------------------------------- image folders
+
+def _torchvision() -> Any:
+    try:
+        import torchvision.datasets
+        import torchvision.transforms
+    except Exception as e:  # missing, or a build that does not load with this torch
+        raise ConfigError(f"data=image_folder needs torchvision: pip install 'kdsweep[vision]' (torchvision matching "
+                          f"your torch, from the same index; here it cannot be imported: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:160]}).") from None
+    return torchvision
+
+
+def _image_size(value: object) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return (value, value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"data.image_size must be null (images as stored, all of one size), an integer (square) or "
+                      f"[height, width], in pixels, but got data.image_size={value!r}.")
+
+
+def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
+    """data=image_folder: data.root holds train/CLASS/*.png, test/CLASS/... and optionally val/CLASS/...
+    (torchvision.datasets.ImageFolder), images resized to data.image_size and converted to one channel
+    with data.grayscale. Class names must be the same in every split. Streamed when large (data.stream)."""
+    from kdsweep.own_data import dataset_from_arrays, file_fingerprint
+
+    if not isinstance(spec.get("root"), str):
+        raise ConfigError(f"data.root must name a folder of train/, test/ (and optionally val/) image folders, but "
+                          f"got data.root={spec.get('root')!r}.")
+    root, size = Path(spec["root"]), _image_size(spec.get("image_size"))
+    grayscale = spec.get("grayscale", False)
+    if grayscale not in (True, False):
+        raise ConfigError(f"data.grayscale must be true or false, but got data.grayscale={grayscale!r}.")
+    missing = [s for s in ("train", "test") if not (root / s).is_dir()]
+    if missing:
+        raise DataError(f"data.root={root} lacks the folder(s) {missing}: an image folder holds train/CLASS/IMAGE and "
+                        "test/CLASS/IMAGE (and optionally val/CLASS/IMAGE), one folder per class.")
+    tv = _torchvision()
+    steps = ([tv.transforms.Grayscale(1)] if grayscale else []) + ([tv.transforms.Resize(size)] if size else [])
+    transform = tv.transforms.Compose([*steps, tv.transforms.ToTensor()])
+    where = f"data.root={root}"
+    datasets: dict[str, Any] = {}
+    for s in SPLITS:
+        if (root / s).is_dir():
+            try:
+                datasets[s] = tv.datasets.ImageFolder(str(root / s), transform=transform)
+            except (FileNotFoundError, OSError) as e:
+                raise DataError(f"{where}: {s}/ holds no images in class folders: {e}") from e
+    classes = {s: d.classes for s, d in datasets.items()}
+    if any(c != classes["train"] for c in classes.values()):
+        names = sorted(set().union(*map(set, classes.values())))
+        lacking = {s: [n for n in names if n not in c] for s, c in classes.items() if c != names}
+        raise DataError(f"{where}: every split must hold the same class folders (classes are numbered by their sorted "
+                        f"names), but {'; '.join(f'{s}/ lacks {v}' for s, v in lacking.items())}.")
+    # The contents: each image file's hash (cached by stat within the process), with its path and class.
+    parts = [f"{s}/{Path(p).relative_to(root / s)}:{file_fingerprint(Path(p), None)}"
+             for s, d in datasets.items() for p, _ in d.samples]
+    parts.append(f"image_size={size};grayscale={grayscale}")
+    what = f"data.root={root}"
+    data, why = datasets_dataset(datasets, spec, where, what, parts)
+    fingerprint = _combined(parts)
+    if data is not None:
+        return dataclasses.replace(data, fingerprint=fingerprint)
+    # Small: decoded once into memory, then checked and split as arrays are.
+    arrays: dict[str, np.ndarray] = {}
+    for s, d in datasets.items():
+        reader = DatasetReader(d, f"{where}: {s}/")
+        step = chunk_rows(int(np.prod(reader.item_shape)) * 4)
+        arrays[f"x_{s}"] = np.concatenate([reader.read(np.arange(i, min(i + step, len(d)))).numpy()
+                                           for i in range(0, len(d), step)])
+        arrays[f"y_{s}"] = np.asarray(d.targets, dtype=np.int64)
+    return dataclasses.replace(dataset_from_arrays(arrays, spec, where), fingerprint=fingerprint,
+                               reading=_reading(False, why))
