@@ -43,11 +43,11 @@ def stream_choice(spec: Mapping[str, Any], train_bytes: int, what: str) -> tuple
         raise ConfigError(f"data.memory_budget_mb must be an integer >= 1 (MiB), but got data.memory_budget_mb={budget!r}.")
     mib = train_bytes / 2**20
     if isinstance(stream, bool):
-        return stream, f"data.stream={str(stream).lower()}; the training inputs of {what} take {mib:,.0f} MiB"
+        return stream, f"data.stream={str(stream).lower()}; the training inputs of {what} take {mib:,.1f} MiB"
     if mib > budget:
-        return True, (f"data.stream=auto: the training inputs of {what} would take {mib:,.0f} MiB in memory, more "
+        return True, (f"data.stream=auto: the training inputs of {what} would take {mib:,.1f} MiB in memory, more "
                       f"than data.memory_budget_mb={budget}")
-    return False, (f"data.stream=auto: the training inputs of {what} take {mib:,.0f} MiB, within "
+    return False, (f"data.stream=auto: the training inputs of {what} take {mib:,.1f} MiB, within "
                    f"data.memory_budget_mb={budget}")
 
 
