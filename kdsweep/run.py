@@ -114,8 +114,9 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
                           "with teacher.logits=PATH, or choose a model pair with a teacher network (e.g. model=cnn).")
     # data.*_epochs only feed the epochs' defaults; they do not change the data.
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if not k.endswith("_epochs")}
-    if data.get("source") == "file" and isinstance(data.get("path"), str):
-        data["path"] = to_absolute_path(data["path"])
+    for key in ("path", "root"):  # a data file or folder of one's own, as an absolute path
+        if data.get("source") in ("file", "npy", "image_folder") and isinstance(data.get(key), str):
+            data[key] = to_absolute_path(data[key])
     make_data = _factory(cfg.data.loader, "data.loader") if data.get("source") == "function" and cfg.data.get("loader") else None
     use_teacher_net = loss.needs_teacher and teacher.logits is None
     return TrialSettings(

@@ -96,11 +96,29 @@ def streamed_dataset(readers: Mapping[str, RowReader], checked: Mapping[str, Any
 
 # ------------------------------------------------------------------------------------- .npy folders
 
+def folder_fingerprint(spec: Mapping[str, Any], index_dir: Path | None) -> str:
+    """The contents hash of data=npy's or data=image_folder's files (as `load_npy_folder` and
+    `load_image_folder` record it), for a study's identity; the folder is not loaded where it can be avoided."""
+    if spec.get("source") == "npy" and isinstance(spec.get("path"), str) and Path(spec["path"]).is_dir():
+        return _npy_fingerprint(_npy_paths(Path(spec["path"])), index_dir)
+    return (load_image_folder(spec, index_dir) if spec.get("source") == "image_folder" else load_npy_folder(spec, index_dir)).fingerprint
+
+
+def _npy_paths(folder: Path) -> dict[str, Path]:
+    return {name: folder / f"{name}.npy" for name in NPY_NAMES if (folder / f"{name}.npy").is_file()}
+
+
+def _npy_fingerprint(paths: Mapping[str, Path], index_dir: Path | None) -> str:
+    from kdsweep.own_data import file_fingerprint
+
+    return _combined([f"{name}:{file_fingerprint(path, index_dir)}" for name, path in sorted(paths.items())])
+
+
 def load_npy_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
     """data=npy: data.path is a folder of x_train.npy, y_train.npy, x_test.npy, y_test.npy [x_val.npy,
     y_val.npy]. x is read per batch from disk when streamed (never mapped whole); labels into memory.
     Its fingerprint combines each file's contents hash (`own_data.file_fingerprint`, cached by stat)."""
-    from kdsweep.own_data import _check_overlap, check_arrays, dataset_from_arrays, file_fingerprint
+    from kdsweep.own_data import _check_overlap, check_arrays, dataset_from_arrays
 
     if not isinstance(spec.get("path"), str):
         raise ConfigError(f"data.path must name a folder of .npy files, but got data.path={spec.get('path')!r}.")
@@ -109,9 +127,9 @@ def load_npy_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
         raise DataError(f"data.path={folder} is not a folder; data=npy reads x_train.npy, y_train.npy, x_test.npy, "
                         "y_test.npy (and optionally x_val.npy, y_val.npy) from a folder.")
     where = f"the .npy files in data.path={folder}"
-    paths = {name: folder / f"{name}.npy" for name in NPY_NAMES if (folder / f"{name}.npy").is_file()}
+    paths = _npy_paths(folder)
     arrays: dict[str, Any] = {name: NpyArray(path, "data.path") for name, path in paths.items()}
-    fingerprint = _combined([f"{name}:{file_fingerprint(path, index_dir)}" for name, path in sorted(paths.items())])
+    fingerprint = _npy_fingerprint(paths, index_dir)
     x_train = arrays.get("x_train")
     train_bytes = 0 if x_train is None else len(x_train) * x_train.row_bytes // x_train.dtype.itemsize * _kind_bytes(x_train.dtype)
     streamed, why = stream_choice(spec, train_bytes, f"data.path={folder}")
@@ -235,10 +253,17 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
     if missing:
         raise DataError(f"data.root={root} lacks the folder(s) {missing}: an image folder holds train/CLASS/IMAGE and "
                         "test/CLASS/IMAGE (and optionally val/CLASS/IMAGE), one folder per class.")
+    where = f"data.root={root}"
+    # Class folders compared before anything is decoded (ImageFolder numbers classes by sorted folder name).
+    classes = {s: sorted(p.name for p in (root / s).iterdir() if p.is_dir()) for s in SPLITS if (root / s).is_dir()}
+    if any(c != classes["train"] for c in classes.values()):
+        names = sorted(set().union(*map(set, classes.values())))
+        lacking = {s: [n for n in names if n not in c] for s, c in classes.items() if c != names}
+        raise DataError(f"{where}: every split must hold the same class folders (classes are numbered by their sorted "
+                        f"names), but {'; '.join(f'{s}/ lacks {v}' for s, v in lacking.items())}.")
     tv = _torchvision()
     steps = ([tv.transforms.Grayscale(1)] if grayscale else []) + ([tv.transforms.Resize(size)] if size else [])
     transform = tv.transforms.Compose([*steps, tv.transforms.ToTensor()])
-    where = f"data.root={root}"
     datasets: dict[str, Any] = {}
     for s in SPLITS:
         if (root / s).is_dir():
@@ -246,12 +271,6 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
                 datasets[s] = tv.datasets.ImageFolder(str(root / s), transform=transform)
             except (FileNotFoundError, OSError) as e:
                 raise DataError(f"{where}: {s}/ holds no images in class folders: {e}") from e
-    classes = {s: d.classes for s, d in datasets.items()}
-    if any(c != classes["train"] for c in classes.values()):
-        names = sorted(set().union(*map(set, classes.values())))
-        lacking = {s: [n for n in names if n not in c] for s, c in classes.items() if c != names}
-        raise DataError(f"{where}: every split must hold the same class folders (classes are numbered by their sorted "
-                        f"names), but {'; '.join(f'{s}/ lacks {v}' for s, v in lacking.items())}.")
     # The contents: each image file's hash (cached by stat within the process), with its path and class.
     parts = [f"{s}/{Path(p).relative_to(root / s)}:{file_fingerprint(Path(p), None)}"
              for s, d in datasets.items() for p, _ in d.samples]

@@ -29,7 +29,9 @@ from hydra_plugins.kdsweep_sweeper._inputs import changed, select as _select, us
 
 # Keys that change where or how fast a trial runs, never its result.
 # tracker: where trials are logged (a Hydra callback); keep_students: which trained students stay on disk.
-NEUTRAL_KEYS = ("cache_dir", "train.num_threads", "tracker", "keep_students")
+# How data are read (in memory or streamed, the DataLoader's options) gives the same trial (tests/test_streaming.py).
+NEUTRAL_KEYS = ("cache_dir", "train.num_threads", "tracker", "keep_students", "data.stream", "data.memory_budget_mb",
+                "train.loader")
 CONFIG_ATTR = "kdsweep_config"  # the identity's configuration, as a study user attribute
 SPACE_ATTR = "kdsweep_search_space"
 FILES_ATTR = "kdsweep_files"  # what the config names and its contents' hash (see _inputs.user_inputs)

@@ -95,6 +95,11 @@ def user_inputs(config: Mapping[str, Any], swept: Sequence[str] = ()) -> dict[st
         data = load_dataset(spec, instantiate(dict(loader), _partial_=True), index_dir)
         if data.fingerprint is not None:
             found["data.loader"] = data.fingerprint
+    folder_key = {"npy": "data.path", "image_folder": "data.root"}.get(source)
+    if folder_key and not is_swept(folder_key):  # a folder of .npy files or images: each file's contents
+        from kdsweep.streamed_data import folder_fingerprint
+
+        found[folder_key] = folder_fingerprint({k: v for k, v in config["data"].items() if not k.endswith("_epochs")}, index_dir)
     for key, target in _targets(config):
         if target.split(".")[0] in LIBRARIES or is_swept(key):
             continue
