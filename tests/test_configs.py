@@ -31,7 +31,8 @@ def sweep_params(cfg) -> dict:
 
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("data", "model", "loss")}
 # The user's own data (a file, a function) needs a path or a target: composed with one below.
-OWN_DATA = {"arrays": "data.path=my.npz", "function": "data.loader._target_=numpy.load"}
+OWN_DATA = {"arrays": "data.path=my.npz", "function": "data.loader._target_=numpy.load", "npy": "data.path=my_folder",
+            "image_folder": "data.root=my_images"}
 BUILT_IN = {"data": [d for d in GROUPS["data"] if d not in OWN_DATA], "model": GROUPS["model"], "loss": GROUPS["loss"]}
 NETS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("model/student", "model/teacher/net")}
 INPUT_SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28)}
@@ -69,7 +70,7 @@ def tiny_arrays() -> dict[str, np.ndarray]:
             "x_test": rng.normal(size=(10, 4)).astype(np.float32), "y_test": np.arange(10) % 3}
 
 
-@pytest.mark.parametrize("data", list(OWN_DATA))
+@pytest.mark.parametrize("data", ["arrays", "function"])  # npy, image_folder: tests/test_streaming.py
 def test_own_data_options_need_their_one_key_and_then_load_the_users_data(data, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=("data.path" if data == "arrays" else "data.loader._target_") + " must be given"):
         settings_from_config(compose_config(f"data={data}", "model=mlp"))
