@@ -436,6 +436,8 @@ def train_trials(
         should_stop = [should_stop_for(s.pruning) if s.pruning is not None else None for s in trials]
     inputs = [trial_inputs(s) for s in trials]  # the teacher is trained or loaded once, then memoized
     data = inputs[0].data
+    if not isinstance(data.train.x, torch.Tensor):  # kdsweep.streaming: read per batch, one trial at a time
+        raise NotBatchable("the data are streamed (data.stream), and batched trials gather in-memory inputs")
     students = [new_student(s, i.data) for s, i in zip(trials, inputs)]
     probe = first.make_optimizer([torch.zeros(1, requires_grad=True)], lr=first.train.lr, weight_decay=first.train.weight_decay)
     reason = why_not_batchable(students[0], type(probe))

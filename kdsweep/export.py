@@ -164,6 +164,10 @@ def export_student(path: str | Path, format: str, output: str | Path | None = No
     folder = find(path)
     net = load_student(folder)
     x = evaluation_data(read_manifest(folder)).test.x
+    if not isinstance(x, torch.Tensor):  # streamed test inputs (kdsweep.streaming): the first ~64 MiB of them
+        from kdsweep.streaming import chunk_rows
+
+        x = x[: chunk_rows(x.row_bytes)]
     target = Path(output) if output is not None else folder / FORMATS[format]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
