@@ -141,6 +141,8 @@ def nonfinite_count(x: np.ndarray) -> int:
     time (about 64 MiB each), so that neither a streamed array nor a full-size mask is ever held."""
     from kdsweep.streaming import chunk_rows
 
+    if isinstance(x, np.ndarray) and x.size and not any(x.strides):  # one value broadcast (a shape stand-in)
+        return 0 if np.isfinite(x.flat[0]) else x.size
     step = chunk_rows(int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize)
     return sum(int(np.count_nonzero(~np.isfinite(x[i : i + step]))) for i in range(0, len(x), step))
 

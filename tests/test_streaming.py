@@ -263,3 +263,29 @@ def test_an_npy_sweep_streams_and_records_it(tmp_path):
         assert metrics["timings"]["examples_per_second"] > 0
     assert "data: streamed" in proc.stdout + proc.stderr + "".join(
         p.read_text() for p in (tmp_path / "sweep").glob("[0-9]*/*.log"))
+
+
+def test_auto_streams_above_the_budget_counting_inputs_as_float32(tmp_path, caplog):
+    write_npy_set(tmp_path / "d", n_train=3000, n_test=20, features=100)  # float64 files: 2.4 MB of x_train
+    with caplog.at_level(logging.INFO, logger="kdsweep"):
+        data = load_dataset(npy_spec(tmp_path / "d", stream="auto", memory_budget_mb=1))
+    assert isinstance(data.train.x, StreamedInputs)
+    # 3,000 x 100 float32 = 1.14 MiB (as float32, not the file's float64), above 1 MiB
+    assert "would take 1.1 MiB in memory, more than data.memory_budget_mb=1" in caplog.text
+    assert "data: streamed" in caplog.text
+
+
+def test_how_data_are_read_is_no_part_of_a_studys_identity_but_the_files_are(tmp_path):
+    from hydra_plugins.kdsweep_sweeper._identity import identity
+
+    write_npy_set(tmp_path / "d")
+    config = {"data": {"name": "npy", "source": "npy", "path": str(tmp_path / "d"), "stream": "auto",
+                       "memory_budget_mb": 1024}, "train": {"lr": 0.001, "loader": {"num_workers": 0}},
+              "cache_dir": str(tmp_path / "cache")}
+    first = identity(config, [], {"loss.alpha": "float(0, 1)"})
+    config["data"].update(stream=True, memory_budget_mb=10)
+    config["train"]["loader"] = {"num_workers": 3}
+    assert identity(config, [], {"loss.alpha": "float(0, 1)"}).digest == first.digest
+    assert first.files["data.path"]
+    np.save(tmp_path / "d" / "y_test.npy", np.load(tmp_path / "d" / "y_test.npy")[::-1].copy())  # same shape, other order
+    assert identity(config, [], {"loss.alpha": "float(0, 1)"}).digest != first.digest
