@@ -24,7 +24,6 @@ import gzip
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys

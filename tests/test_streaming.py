@@ -4,7 +4,6 @@ a data function's Datasets kept as Datasets; the same trial streamed or in memor
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
