@@ -21,7 +21,7 @@ import torch
 
 from kdsweep.data import Dataset, Split, as_array, take_subset
 from kdsweep.errors import ConfigError, DataError
-from kdsweep.streaming import DatasetReader, NpyArray, NpyReader, RowReader, StreamedInputs, chunk_rows
+from kdsweep.streaming import DatasetReader, NpyArray, NpyReader, RowReader, StreamedInputs
 
 # Config keys that choose how data are read, not what they are: no trial result depends on them.
 STREAM_KEYS = ("stream", "memory_budget_mb")
@@ -154,8 +154,7 @@ def load_npy_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
 def _shape_only(reader: DatasetReader, n: int) -> np.ndarray:
     """A (n, *item_shape) array of zeros that takes no memory (stride 0), for the shape and dtype checks;
     the inputs themselves are checked per batch (DatasetReader)."""
-    kind = np.float32 if reader.dtype.is_floating_point else np.int64
-    return np.broadcast_to(np.zeros((), dtype=kind), (n, *reader.item_shape))
+    return np.broadcast_to(np.zeros((), dtype=reader.source_dtype), (n, *reader.item_shape))
 
 
 def _labels(dataset: Any, where: str, digest: Any) -> np.ndarray:
@@ -240,7 +239,7 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
     """data=image_folder: data.root holds train/CLASS/*.png, test/CLASS/... and optionally val/CLASS/...
     (torchvision.datasets.ImageFolder), images resized to data.image_size and converted to one channel
     with data.grayscale. Class names must be the same in every split. Streamed when large (data.stream)."""
-    from kdsweep.own_data import dataset_from_arrays, file_fingerprint
+    from kdsweep.own_data import _stack_dataset, dataset_from_arrays, file_fingerprint
 
     if not isinstance(spec.get("root"), str):
         raise ConfigError(f"data.root must name a folder of train/, test/ (and optionally val/) image folders, but "
@@ -280,13 +279,9 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
     fingerprint = _combined(parts)
     if data is not None:
         return dataclasses.replace(data, fingerprint=fingerprint)
-    # Small: decoded once into memory, then checked and split as arrays are.
+    # Small: decoded once into memory and stacked, as a data function's Datasets are, then checked and split.
     arrays: dict[str, np.ndarray] = {}
     for s, d in datasets.items():
-        reader = DatasetReader(d, f"{where}: {s}/")
-        step = chunk_rows(int(np.prod(reader.item_shape)) * 4)
-        arrays[f"x_{s}"] = np.concatenate([reader.read(np.arange(i, min(i + step, len(d)))).numpy()
-                                           for i in range(0, len(d), step)])
-        arrays[f"y_{s}"] = np.asarray(d.targets, dtype=np.int64)
+        arrays[f"x_{s}"], arrays[f"y_{s}"] = _stack_dataset(d, f"{where}: {s}/")
     return dataclasses.replace(dataset_from_arrays(arrays, spec, where), fingerprint=fingerprint,
                                reading=_reading(False, why))

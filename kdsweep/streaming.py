@@ -131,6 +131,9 @@ class DatasetReader:
 
     def __init__(self, dataset: Any, where: str):
         self.dataset, self.where = dataset, where
+        first = self.dataset[0][0]
+        # The first input's own dtype, for the checks every source passes (a bool or complex input is refused)
+        self.source_dtype = np.asarray(first.detach().cpu() if isinstance(first, torch.Tensor) else first).dtype
         first = self._item(0)
         self.item_shape, self.dtype = tuple(first.shape), first.dtype
 

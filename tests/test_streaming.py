@@ -288,3 +288,21 @@ def test_how_data_are_read_is_no_part_of_a_studys_identity_but_the_files_are(tmp
     assert first.files["data.path"]
     np.save(tmp_path / "d" / "y_test.npy", np.load(tmp_path / "d" / "y_test.npy")[::-1].copy())  # same shape, other order
     assert identity(config, [], {"loss.alpha": "float(0, 1)"}).digest != first.digest
+
+
+def test_a_streamed_datasets_inputs_pass_the_same_dtype_check_as_arrays(tmp_path):
+    arrays = write_npy_set(tmp_path / "d", n_train=30, n_test=10)
+    made = {s: Rows(arrays[f"x_{s}"] > 0, arrays[f"y_{s}"], True) for s in ("train", "test")}
+    for dataset in made.values():
+        dataset.x = dataset.x.bool()  # boolean inputs: refused by every source
+    spec = {"name": "b", "source": "function", "loader": {"_target_": "booly"}, "val_size": 5, "stream": True}
+    with pytest.raises(DataError, match="x_train must be a float array .* or an integer array .* but has dtype bool"):
+        load_dataset(spec, lambda: made)
+
+
+def test_an_image_root_without_a_test_folder_is_named(tmp_path):
+    (tmp_path / "img" / "train" / "a").mkdir(parents=True)
+    spec = {"name": "img", "source": "image_folder", "root": str(tmp_path / "img")}
+    with pytest.raises(DataError, match=r"data.root=.*img lacks the folder\(s\) \['test'\]: an image folder holds "
+                                        r"train/CLASS/IMAGE and test/CLASS/IMAGE"):
+        load_dataset(spec)
