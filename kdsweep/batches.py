@@ -46,7 +46,7 @@ def batches(
     order: (M,) int64 row indices into x, on any device, or None for every row in order (evaluation);
     the last batch may be short. timer: adds the seconds spent obtaining each batch: for streamed
     inputs the time blocked on the DataLoader (reading, decoding, the workers' hand-over) plus the
-    copy to the device.
+    copy to the device (from pinned memory to CUDA the copy is asynchronous: it overlaps the step).
     """
     if isinstance(x, torch.Tensor):
         if order is None:  # slices: views, no copy
