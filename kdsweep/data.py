@@ -1,7 +1,7 @@
 """Data sets as in-memory tensors: scikit-learn's digits and the IDX files of (Fashion-)MNIST.
 
 Your own data (a .npz/.pt file, or a function of yours) is read by kdsweep.own_data into the same
-`Dataset`.
+`Dataset`; data too large for memory keep streamed inputs in `Split.x` (kdsweep.streaming).
 """
 
 from __future__ import annotations

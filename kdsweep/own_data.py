@@ -2,7 +2,9 @@
 
 Both give the arrays `x_train`, `y_train`, `x_test`, `y_test` and optionally `x_val`, `y_val` (else
 val is carved from train, deterministically). A function may instead return a `torch.utils.data.Dataset`
-per split (`train`, `test`, optionally `val`), whose items `(x, y)` are stacked into tensors once.
+per split (`train`, `test`, optionally `val`), whose items `(x, y)` are stacked into tensors once, or,
+when large, kept as Datasets and read per batch (kdsweep.streamed_data, which also reads folders of
+.npy files and image folders).
 Everything is checked before any training: every problem is one `DataError` or `ConfigError` that
 names the file or key and what is allowed.
 """
