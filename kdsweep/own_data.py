@@ -340,6 +340,7 @@ def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = Non
                 _LOADED[memo] = streamed
                 return _logged(streamed)
         else:
+            streamed_data.refuse_stream(spec, f"the dict of arrays that data.loader._target_={target} returns")
             why = "arrays returned by the function"
         arrays = arrays_from_function(loader, target, result)
         data = dataset_from_arrays(arrays, spec, f"the data of data.loader._target_={target}")

@@ -306,3 +306,11 @@ def test_an_image_root_without_a_test_folder_is_named(tmp_path):
     with pytest.raises(DataError, match=r"data.root=.*img lacks the folder\(s\) \['test'\]: an image folder holds "
                                         r"train/CLASS/IMAGE and test/CLASS/IMAGE"):
         load_dataset(spec)
+
+
+def test_stream_true_is_refused_for_a_functions_arrays(tmp_path):
+    arrays = write_npy_set(tmp_path / "d", n_train=30, n_test=10)
+    spec = {"name": "a", "source": "function", "loader": {"_target_": "arrays_fn"}, "val_size": 5, "stream": True}
+    with pytest.raises(ConfigError, match="data.stream=true, but the dict of arrays that data.loader._target_=arrays_fn "
+                                          "returns is read into memory whole"):
+        load_dataset(spec, lambda: arrays)
