@@ -314,3 +314,20 @@ def test_stream_true_is_refused_for_a_functions_arrays(tmp_path):
     with pytest.raises(ConfigError, match="data.stream=true, but the dict of arrays that data.loader._target_=arrays_fn "
                                           "returns is read into memory whole"):
         load_dataset(spec, lambda: arrays)
+
+
+@pytest.mark.skipif(_torchvision_usable() is not None, reason=f"torchvision cannot be imported: {_torchvision_usable()}")
+def test_an_image_folder_gives_the_same_inputs_streamed_and_in_memory(tmp_path):
+    write_image_folder(tmp_path / "img", {"train": ["a", "b"], "test": ["a", "b"], "val": ["a", "b"]}, n=3, size=5)
+    spec = {"name": "img", "source": "image_folder", "root": str(tmp_path / "img"), "image_size": [4, 3]}
+    streamed, memory = load_dataset({**spec, "stream": True}), load_dataset({**spec, "stream": False})
+    assert isinstance(streamed.train.x, StreamedInputs) and isinstance(memory.train.x, torch.Tensor)
+    assert memory.train.x.shape == (6, 3, 4, 3) and memory.num_classes == 2  # RGB, resized to 4 x 3
+    for split in ("train", "val", "test"):
+        s, m = getattr(streamed, split), getattr(memory, split)
+        assert torch.equal(s.x[:], m.x) and torch.equal(s.y, m.y)
+    assert memory.train.y.tolist() == [0, 0, 0, 1, 1, 1]  # classes by sorted folder name
+    assert float(memory.train.x.min()) >= 0 and float(memory.train.x.max()) <= 1
+    assert streamed.fingerprint == memory.fingerprint
+    (tmp_path / "img" / "test" / "b" / "0.png").write_bytes((tmp_path / "img" / "test" / "a" / "0.png").read_bytes())
+    assert load_dataset({**spec, "stream": True}).fingerprint != streamed.fingerprint  # an image's contents changed
