@@ -194,8 +194,10 @@ class StreamedInputs:
         """Itself: the rows move to the device batch by batch (kdsweep.batches)."""
         return self
 
-    def __getitem__(self, key: slice | torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
-        """Rows `key` (a slice, or indices) read into a (B, ...) tensor on the CPU: for small reads."""
+    def __getitem__(self, key: int | slice | torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Rows `key` (a slice, or indices) read into a (B, ...) tensor on the CPU (one row: (...)): for small reads."""
+        if isinstance(key, (int, np.integer)):  # one row: (...)
+            return self.reader.read(self.rows[[key]])[0]
         picked = self.rows[key] if isinstance(key, slice) else self.rows[_indices(key)]
         return self.reader.read(picked)
 
