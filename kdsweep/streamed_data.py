@@ -126,7 +126,7 @@ def load_npy_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
     if not folder.is_dir():
         raise DataError(f"data.path={folder} is not a folder; data=npy reads x_train.npy, y_train.npy, x_test.npy, "
                         "y_test.npy (and optionally x_val.npy, y_val.npy) from a folder.")
-    where = f"the .npy files in data.path={folder}"
+    where = f"the folder data.path={folder}"
     paths = _npy_paths(folder)
     arrays: dict[str, Any] = {name: NpyArray(path, "data.path") for name, path in paths.items()}
     fingerprint = _npy_fingerprint(paths, index_dir)

@@ -110,7 +110,7 @@ def test_nan_in_a_later_chunk_of_a_streamed_array_is_refused_with_the_count(tmp_
     x[[5, 150, 199], 2] = [np.nan, np.inf, np.nan]  # three chunks apart at 16 rows per chunk
     np.save(tmp_path / "d" / "x_train.npy", x)
     monkeypatch.setattr(streaming, "CHUNK_BYTES", 16 * 6 * 8)  # 16 rows of 6 float64 per chunk
-    with pytest.raises(DataError, match=r"the \.npy files in data\.path=.*: x_train holds 3 NaN or infinite values"):
+    with pytest.raises(DataError, match=r"the folder data\.path=.*: x_train holds 3 NaN or infinite values"):
         load_dataset(npy_spec(tmp_path / "d", stream=True))
 
 
@@ -331,3 +331,15 @@ def test_an_image_folder_gives_the_same_inputs_streamed_and_in_memory(tmp_path):
     assert streamed.fingerprint == memory.fingerprint
     (tmp_path / "img" / "test" / "b" / "0.png").write_bytes((tmp_path / "img" / "test" / "a" / "0.png").read_bytes())
     assert load_dataset({**spec, "stream": True}).fingerprint != streamed.fingerprint  # an image's contents changed
+
+
+def test_a_folder_without_x_test_fails_in_one_line_and_leaves_no_run_folder(tmp_path):
+    write_npy_set(tmp_path / "d")
+    (tmp_path / "d" / "x_test.npy").unlink()
+    proc = run_cli(tmp_path, "data=npy", "data.path=d", *SMALL, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"kdsweep: error: the folder data.path={tmp_path / 'd'} lacks ['x_test']: it must hold x_train, y_train, "
+        "x_test, y_test, and optionally x_val with y_val (else val is carved from train); it holds "
+        "['x_train', 'y_test', 'y_train'].")
+    assert not (tmp_path / "run").exists()
