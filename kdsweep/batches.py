@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kdsweep.errors import DataError
+
 
 @dataclass
 class DataTimer:
@@ -71,11 +73,15 @@ def batches(
     chunks = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
     sampler.chunks = [c.tolist() for c in chunks]
     start = time.perf_counter()
-    for idx, inputs in zip(chunks, data_loader):  # iter(data_loader) starts the workers' reads
-        inputs = inputs.to(device, non_blocking=bool(pin))
-        _count(timer, start, len(idx))
-        yield idx, inputs
-        start = time.perf_counter()
+    try:
+        for idx, inputs in zip(chunks, data_loader):  # iter(data_loader) starts the workers' reads
+            inputs = inputs.to(device, non_blocking=bool(pin))
+            _count(timer, start, len(idx))
+            yield idx, inputs
+            start = time.perf_counter()
+    except DataError as e:  # from a worker, its message follows the worker's traceback: keep the message
+        last = str(e).strip().splitlines()[-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 def _count(timer: DataTimer | None, start: float, examples: int) -> None:

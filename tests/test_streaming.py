@@ -343,3 +343,16 @@ def test_a_folder_without_x_test_fails_in_one_line_and_leaves_no_run_folder(tmp_
         "x_test, y_test, and optionally x_val with y_val (else val is carved from train); it holds "
         "['x_train', 'y_test', 'y_train'].")
     assert not (tmp_path / "run").exists()
+
+
+def test_nan_read_by_a_worker_is_one_message_naming_the_rows(tmp_path):
+    arrays = write_npy_set(tmp_path / "d", n_train=30, n_test=10)
+    arrays["x_train"][[4, 17], 0] = np.nan  # a Dataset with .targets: its inputs are checked as they are read
+    made = {s: Rows(arrays[f"x_{s}"], arrays[f"y_{s}"], True) for s in ("train", "test")}
+    spec = {"name": "n", "source": "function", "loader": {"_target_": "nanny"}, "val_size": 5, "stream": True}
+    data = load_dataset(spec, lambda: made)
+    x = StreamedInputs(data.train.x.reader, np.arange(30))  # the source's rows, in order
+    with pytest.raises(DataError) as caught:
+        list(batches(x, None, 8, torch.device("cpu"), LoaderSettings(num_workers=1)))
+    assert str(caught.value) == ("data.loader._target_=nanny: 'train': the inputs of rows [4] hold NaN or infinite "
+                                 "values; inputs must be finite.")
