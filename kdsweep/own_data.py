@@ -210,6 +210,8 @@ def _stack_dataset(dataset: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
         xs = np.stack([as_array(x) for x, _ in items]) if items else np.empty((0, 1))
         # Each label as it is (int(2.7) would be a silent 2): check_split refuses a non-integer dtype.
         ys = np.asarray([as_array(y).item() for _, y in items]) if items else np.empty(0, np.int64)
+    except DataError:  # already one paragraph naming its file (an image that cannot be decoded)
+        raise
     except Exception as e:  # the user's Dataset (its __getitem__ is their code): one paragraph that names it
         raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
                         f"integer label: {type(e).__name__}: {e}") from e

@@ -212,15 +212,42 @@ def datasets_dataset(datasets: Mapping[str, Any], spec: Mapping[str, Any], where
 
 # ------------------------------------------------------------------------------------- image folders
 
-def _torchvision() -> Any:
-    try:
-        import torchvision.datasets
-        import torchvision.transforms
-    except Exception as e:  # missing, or a build that does not load with this torch
-        raise ConfigError(f"data=image_folder needs torchvision: pip install 'kdsweep[vision]' (torchvision matching "
-                          f"your torch, from the same index; here it cannot be imported: {type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:160]}).") from None
-    return torchvision
+# torchvision.datasets.IMG_EXTENSIONS: the files an image folder's class folders hold.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """torchvision.datasets.ImageFolder's layout and numbering (classes by sorted folder name, files by
+    sorted path), decoded with Pillow: item i is (x float32 (C, H, W) in [0, 1], class index).
+
+    Written here rather than taken from torchvision because torchvision must be the build for the very
+    torch installed (PyPI's torchvision does not load beside the CPU torch wheel), and decoding a file
+    into a tensor is all that is needed of it. `targets` holds every label without decoding an image.
+    """
+
+    def __init__(self, folder: Path, classes: list[str], size: tuple[int, int] | None, grayscale: bool) -> None:
+        self.samples = [(path, c) for c, name in enumerate(classes) for path in sorted((folder / name).rglob("*"))
+                        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS]
+        self.targets = [c for _, c in self.samples]
+        self.size, self.grayscale = size, grayscale
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if self.grayscale else "RGB")
+                if self.size is not None:  # PIL's (width, height); bilinear, as torchvision's Resize on images
+                    image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.float32) / 255.0
+        except OSError as e:  # not an image, or cut short
+            raise DataError(f"{path} cannot be read as an image: {e}") from e
+        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), label
 
 
 def _image_size(value: object) -> tuple[int, int] | None:
@@ -237,7 +264,7 @@ def _image_size(value: object) -> tuple[int, int] | None:
 
 def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
     """data=image_folder: data.root holds train/CLASS/*.png, test/CLASS/... and optionally val/CLASS/...
-    (torchvision.datasets.ImageFolder), images resized to data.image_size and converted to one channel
+    (torchvision's ImageFolder layout, decoded with Pillow), images resized to data.image_size and converted to one channel
     with data.grayscale. Class names must be the same in every split. Streamed when large (data.stream)."""
     from kdsweep.own_data import _stack_dataset, dataset_from_arrays, file_fingerprint
 
@@ -260,16 +287,13 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
         lacking = {s: [n for n in names if n not in c] for s, c in classes.items() if c != names}
         raise DataError(f"{where}: every split must hold the same class folders (classes are numbered by their sorted "
                         f"names), but {'; '.join(f'{s}/ lacks {v}' for s, v in lacking.items())}.")
-    tv = _torchvision()
-    steps = ([tv.transforms.Grayscale(1)] if grayscale else []) + ([tv.transforms.Resize(size)] if size else [])
-    transform = tv.transforms.Compose([*steps, tv.transforms.ToTensor()])
     datasets: dict[str, Any] = {}
     for s in SPLITS:
         if (root / s).is_dir():
-            try:
-                datasets[s] = tv.datasets.ImageFolder(str(root / s), transform=transform)
-            except (FileNotFoundError, OSError) as e:
-                raise DataError(f"{where}: {s}/ holds no images in class folders: {e}") from e
+            datasets[s] = ImageFolderDataset(root / s, classes[s], size, grayscale)
+            if not classes[s] or len(datasets[s]) == 0:
+                raise DataError(f"{where}: {s}/ holds no images in class folders (files ending in "
+                                f"{', '.join(IMAGE_EXTENSIONS)}, in {s}/CLASS/).")
     # The contents: each image file's hash (cached by stat within the process), with its path and class.
     parts = [f"{s}/{Path(p).relative_to(root / s)}:{file_fingerprint(Path(p), None)}"
              for s, d in datasets.items() for p, _ in d.samples]
