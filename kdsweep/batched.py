@@ -26,7 +26,6 @@ Batched matmuls round differently from K single ones, so long runs drift apart s
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 import os
@@ -47,6 +46,8 @@ from tqdm.auto import tqdm
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError, KDSweepError
 from kdsweep.methods import LossMethod
+from kdsweep.optimizers import build_optimizer, is_fused
+from kdsweep.precision import Precision
 from kdsweep.train import FitResult, OptimizerFactory, ShouldStop, divergence_error
 from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, pruned, trial_inputs
 
@@ -259,13 +260,24 @@ def fit_batch(
     generators: Sequence[torch.Generator],
     progress: bool = False,
     on_step: StepHook | None = None,
-    fused: bool = False,
+    fused: bool | None = None,
     should_stop: Sequence[ShouldStop | None] | None = None,
     report_every: int = 1,
+    precision: Precision = Precision(),
 ) -> list[FitResult | DivergenceError]:
     """`train.fit` for K students at once: per trial a FitResult, or the DivergenceError it failed with.
 
-    fused: build the optimizer with `fused=True` where its class takes it (Adam, AdamW, SGD, ...).
+    fused: the optimizer's fused kernel (`kdsweep.optimizers.build_optimizer`): None follows
+    make_optimizer's own `fused` (train.optimizer.fused; null: fused where the device supports it).
+    K students' Adam state no longer fits in cache: the per-op loop of the plain Adam streams it from
+    memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster optimizer steps).
+    precision: as `train.fit`'s: autocast around the stacked forward (the vmap path and the stacked
+    matmuls alike), the losses computed in float32 from the logits, and for float16 one gradient
+    scaler over the stacked optimizer. The scaler skips a step whose gradients overflow anywhere, so
+    in 16-mixed an overflow in one trial skips that step for the K trials together (each alone would
+    skip only its own); bf16-mixed has no scaler and keeps the trials apart. The scaler's scale and
+    growth count carry on when trials leave the stack and the optimizer is rebuilt (its per-optimizer
+    state is reset by each `update()`, so nothing refers to the old optimizer).
     should_stop: per trial, None or `train.fit`'s hook, called every `report_every` epochs with that
     trial's val accuracy; a trial it stops (its FitResult's `stopped_epoch` set) leaves the stack and
     the others go on; the batch ends when every trial has stopped, diverged or run all epochs.
@@ -277,20 +289,15 @@ def fit_batch(
     if len(stoppers) != k or len(generators) != k:
         raise ValueError(f"fit_batch needs one generator and one should_stop (or None) per student: {k} students, "
                          f"{len(generators)} generators, {len(stoppers)} should_stop")
-    stack.match_gradient_layout(train_x[:batch_size], shared=True)
-    params = list(stack.params.values())
-    optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay), False
-    if fused and "fused" in inspect.signature(type(optimizer)).parameters:
-        # K students' Adam state no longer fits in cache: the per-op loop of the default Adam streams
-        # it from memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster
-        # steps of the optimizer). Same update, rounded differently: within 1e-6 of K plain Adams.
-        try:
-            optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True), True
-        except RuntimeError as e:  # no fused kernel for this device or dtype: the plain one is exact anyway
-            log.info("the fused optimizer is not available here (%s); using the plain one", e)
+    device = train_x.device
+    with precision.autocast(device):
+        stack.match_gradient_layout(train_x[:batch_size], shared=True)
+    optimizer = build_optimizer(make_optimizer, stack.params.values(), lr=lr, weight_decay=weight_decay, fused=fused)
+    use_fused = is_fused(optimizer)
+    scaler = precision.scaler(device)  # enabled for float16 only
 
     def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:  # for the stack once trials leave it
-        return make_optimizer(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if use_fused else {}))
+        return build_optimizer(make_optimizer, params, lr=lr, weight_decay=weight_decay, fused=use_fused)
 
     outcomes: list[FitResult | DivergenceError] = [FitResult() for _ in range(k)]
     active = list(range(k))  # the trials still in the stack, in its order
@@ -302,11 +309,14 @@ def fit_batch(
         sums = torch.zeros(len(active), 3, device=train_x.device)
         for begin in range(0, n, batch_size):
             idx = orders[0, begin : begin + batch_size] if shared else orders[:, begin : begin + batch_size]
-            parts = loss_fn(stack(train_x[idx], shared), idx, epoch)
+            with precision.autocast(device):
+                logits = stack(train_x[idx], shared)
+            parts = loss_fn(logits.float(), idx, epoch)  # float32 losses whatever the precision
             optimizer.zero_grad(set_to_none=True)
             # Trial k's parameters appear only in parts[k], so each gets its own loss's gradient.
-            parts[:, 0].sum().backward()
-            optimizer.step()
+            scaler.scale(parts[:, 0].sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
             parts = parts.detach()
             if on_step is not None:
                 on_step(step, parts if len(active) == k else
@@ -315,7 +325,8 @@ def fit_batch(
             step += 1
         means = (sums / n).tolist()
         # Exact counts over the val rows, as `metrics.accuracy` gives a single trial.
-        val_acc = [int(c) / len(val.y) for c in (stack.predict(val.x).argmax(dim=-1) == val.y).sum(dim=1)]
+        with precision.autocast(device):  # as `train.fit` measures a single trial's
+            val_acc = [int(c) / len(val.y) for c in (stack.predict(val.x).argmax(dim=-1) == val.y).sum(dim=1)]
         leaving = []
         for row, i in enumerate(active):
             outcome = outcomes[i]
@@ -340,7 +351,7 @@ def fit_batch(
     seconds = time.perf_counter() - start
     for outcome in outcomes:
         if isinstance(outcome, FitResult):
-            outcome.seconds = seconds
+            outcome.seconds, outcome.fused_optimizer = seconds, use_fused
     return outcomes
 
 
@@ -405,11 +416,14 @@ def method_stack(trials: Sequence[TrialSettings], like: torch.Tensor) -> LossMet
 
 
 def train_trials(
-    trials: Sequence[TrialSettings], *, fused_optimizer: bool = True, num_threads: int | None = None
+    trials: Sequence[TrialSettings], *, fused_optimizer: bool | None = None, num_threads: int | None = None
 ) -> list[BatchedTrial]:
     """Train K trials that differ only in the loss's hyperparameters and the seed as one model.
 
-    fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
+    fused_optimizer: the optimizer's fused kernel (see `fit_batch`); None: train.optimizer.fused's
+    choice (null: fused where the device supports it), as single trials make it.
+    The trials train on `trials[0].device` in `trials[0].precision` (the launcher groups trials
+    whose train.device and train.precision agree).
     num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
     as the K trials would use alone, at most the cores other processes leave idle). Everything else
     (the teacher, and the baseline student that the first report trains) runs on train.num_threads,
@@ -454,6 +468,7 @@ def train_trials(
             weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
             generators=[torch.Generator().manual_seed(s.seed) for s in trials], progress=sys.stderr.isatty(),
             fused=fused_optimizer, should_stop=should_stop, report_every=periods.pop() if periods else 1,
+            precision=first.precision,
         )
     batched = []
     for s, i, student, outcome in zip(trials, inputs, students, outcomes):
