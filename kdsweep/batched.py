@@ -91,6 +91,8 @@ class StackedStudents:
         self.base = copy.deepcopy(students[0]).to("meta")
         self.k = len(students)
         self.layers = _sequential_layers(self.base)
+        # Mixed precision on the vmap path: the dtype its weights and inputs are cast to (see __call__).
+        self.compute_dtype: torch.dtype | None = None
 
     def match_gradient_layout(self, x: torch.Tensor, shared: bool) -> None:
         """Store each stacked parameter in the memory layout its gradient comes in.
@@ -116,9 +118,18 @@ class StackedStudents:
 
     def __call__(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         """Logits (K, B, C) for inputs x, one batch for all trials (B, ...) or one per trial (K, B, ...)."""
-        if self.layers is not None:
+        if self.layers is not None:  # batched matmuls, which autocast casts as it casts a single Linear
             return _stacked_sequential(self.layers, self.module_params(), x, shared, self.k)
-        return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(self.module_params(), self.buffers, x)
+        params = self.module_params()
+        if self.compute_dtype is not None:
+            # torch's autocast does not reach ops under vmap (torch 2.13: a vmapped conv or linear runs
+            # in float32 inside an autocast region, even one opened inside the vmapped function), so
+            # the weights and inputs are cast here, as autocast casts them for a conv or linear; the
+            # casts are differentiable, and the float32 leaves get float32 gradients.
+            # `why_not_batchable` keeps this path to layers that autocast would run in that dtype too.
+            params = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in params.items()}
+            x = x.to(self.compute_dtype) if x.is_floating_point() else x
+        return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
@@ -192,8 +203,19 @@ def _stacked_sequential(
     return h
 
 
-def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
-    """Why students like `student` trained with `optimizer_type` cannot be stacked, or None if they can."""
+# Layers whose ops autocast runs in the lower precision (convolutions, linear) or in their input's
+# dtype (the rest): a student made only of these computes under vmap with cast weights and inputs
+# (StackedStudents.__call__) what it computes under autocast alone. Others (softmax, normalisation,
+# a network's own forward) may be kept in float32 by autocast, which vmap would not do.
+MIXED_PRECISION_LAYERS = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.Flatten, nn.Identity, nn.modules.dropout._DropoutNd,
+)
+
+
+def why_not_batchable(student: nn.Module, optimizer_type: type, precision: Precision = Precision()) -> str | None:
+    """Why students like `student` trained with `optimizer_type` in `precision` cannot be stacked,
+    or None if they can."""
     if not issubclass(optimizer_type, ELEMENTWISE_OPTIMIZERS):
         return (f"the optimizer {optimizer_type.__name__} is not known to be element-wise, so one "
                 "optimizer over stacked students might not equal one per student")
@@ -202,6 +224,14 @@ def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
     dropouts = [m for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if dropouts:
         return "the student uses dropout, whose random masks would differ from a single run's"
+    if precision.dtype is not None and _sequential_layers(student) is None:
+        sequential = isinstance(student, nn.Sequential) and type(student).forward is nn.Sequential.forward
+        others = sorted({type(m).__name__ for m in student.children() if not isinstance(m, MIXED_PRECISION_LAYERS)}) \
+            if sequential else [type(student).__name__]
+        if others:
+            return (f"in {precision.name} the stacked students run under torch.vmap, which autocast does not reach, so "
+                    f"kdsweep casts their weights itself; that equals autocast only for convolution, linear, ReLU, "
+                    f"pooling and flatten layers in an nn.Sequential, and the student has {', '.join(others)}")
     return None
 
 
@@ -290,6 +320,7 @@ def fit_batch(
         raise ValueError(f"fit_batch needs one generator and one should_stop (or None) per student: {k} students, "
                          f"{len(generators)} generators, {len(stoppers)} should_stop")
     device = train_x.device
+    stack.compute_dtype = precision.dtype
     with precision.autocast(device):
         stack.match_gradient_layout(train_x[:batch_size], shared=True)
     optimizer = build_optimizer(make_optimizer, stack.params.values(), lr=lr, weight_decay=weight_decay, fused=fused)
@@ -452,7 +483,7 @@ def train_trials(
     data = inputs[0].data
     students = [new_student(s, i.data) for s, i in zip(trials, inputs)]
     probe = first.make_optimizer([torch.zeros(1, requires_grad=True)], lr=first.train.lr, weight_decay=first.train.weight_decay)
-    reason = why_not_batchable(students[0], type(probe))
+    reason = why_not_batchable(students[0], type(probe), first.precision)
     if reason:
         raise NotBatchable(reason)
     train = first.train

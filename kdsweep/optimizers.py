@@ -53,9 +53,9 @@ def why_not_fused(make_optimizer: OptimizerFactory, device: torch.device, dtype:
 
 @functools.lru_cache(maxsize=64)
 def _probe_cached(cls: type, keywords: tuple, device: torch.device, dtype: torch.dtype) -> str | None:
-    probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
-    probe.grad = torch.ones_like(probe)
     try:
+        probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+        probe.grad = torch.ones_like(probe)
         cls([probe], **dict(keywords), fused=True).step()
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         return " ".join(str(e).split())

@@ -1,0 +1,306 @@
+"""Devices: one claimed device per trial across processes, precision refused where the hardware lacks
+it, the optimizer's fused kernel where the device has one, and the batched path in bf16-mixed.
+
+This machine has no GPU: the claim is tested with device names as plain strings (the lock files are
+named by the names themselves), and the CUDA-only paths are left to benchmarks/gpu.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, F32_EPS, TINY, loss_tolerance, read_metrics, run_cli
+from kdsweep import batched, trial
+from kdsweep.devices import claimed_device, device_names
+from kdsweep.errors import ConfigError
+from kdsweep.optimizers import build_optimizer, is_fused
+from kdsweep.precision import precision_for
+from kdsweep.run import settings_from_config
+from kdsweep.train import fit
+
+GPUS = ["cuda:0", "cuda:1"]
+
+
+def plain(name: str) -> str:
+    """The lock file's name for a device name, without asking CUDA (none here)."""
+    return name.replace(":", "-")
+
+
+def held(folder: Path) -> set[str]:
+    """The lock files in `folder` that some process holds now (a non-blocking lock attempt fails)."""
+    busy = set()
+    for path in folder.glob("*.lock"):
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except BlockingIOError:
+                busy.add(path.name)
+    return busy
+
+
+def _claim_and_hold(names, start, folder, report, release):
+    with claimed_device(names, start, folder, physical=plain) as name:
+        report.put((start, name))
+        release.wait(60)
+
+
+def _claim_and_fail(names, folder):
+    with claimed_device(names, 0, folder, physical=plain):
+        raise RuntimeError("the trial failed")
+
+
+def claims(n: int, names: list[str], folder: Path, starts=None):
+    """n real processes that each claim one of `names` and hold it; returns (their claims, release, processes)."""
+    ctx = multiprocessing.get_context("spawn")
+    report, release = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claim_and_hold, args=(names, i if starts is None else starts[i], folder, report, release))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    got = sorted(report.get(timeout=60) for _ in procs)
+    return got, release, procs
+
+
+def test_three_processes_on_two_gpus_get_one_each_and_the_third_shares(tmp_path):
+    got, release, procs = claims(3, GPUS, tmp_path)
+    try:
+        # Each device's slot 0 is held by one process, and the third holds a slot 1: every process
+        # holds a lock of its own, two devices in use, one of them twice.
+        locks = held(tmp_path)
+        assert {"cuda-0.0.lock", "cuda-1.0.lock"} <= locks and len(locks) == 3
+        assert len(locks & {"cuda-0.1.lock", "cuda-1.1.lock"}) == 1
+        assert sorted(Counter(name for _, name in got).values()) == [1, 2]
+    finally:
+        release.set()
+        for p in procs:
+            p.join(30)
+    assert held(tmp_path) == set()  # all released at the end of their blocks
+    # Free again: a new claim from job 1 takes cuda:1 first, from job 0 cuda:0.
+    with claimed_device(GPUS, 1, tmp_path, physical=plain) as name:
+        assert name == "cuda:1"
+
+
+def test_more_trials_than_devices_are_spread_evenly_whatever_their_start(tmp_path):
+    # Four processes that all start at device 0: two per device, not four on cuda:0.
+    got, release, procs = claims(4, GPUS, tmp_path, starts=[0, 0, 0, 0])
+    try:
+        assert Counter(name for _, name in got) == {"cuda:0": 2, "cuda:1": 2}
+    finally:
+        release.set()
+        for p in procs:
+            p.join(30)
+
+
+def test_a_claim_ends_when_its_trial_fails_and_when_its_process_is_killed(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=_claim_and_fail, args=(GPUS, tmp_path))
+    p.start()
+    p.join(60)
+    assert p.exitcode != 0 and held(tmp_path) == set()
+    got, release, procs = claims(1, GPUS, tmp_path)
+    assert got == [(0, "cuda:0")] and held(tmp_path) == {"cuda-0.0.lock"}
+    os.kill(procs[0].pid, signal.SIGKILL)  # no finally runs: the OS drops the lock with the process
+    procs[0].join(30)
+    assert held(tmp_path) == set()
+    with claimed_device(GPUS, 0, tmp_path, physical=plain) as name:
+        assert name == "cuda:0"
+
+
+def test_one_device_is_not_claimed(tmp_path):
+    with claimed_device(["cpu"], 3, tmp_path) as name:
+        assert name == "cpu"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_lists_are_checked():
+    assert device_names("cpu") == ["cpu"] and device_names(["cpu"]) == ["cpu"]
+    assert device_names("auto") == (["cpu"] if not torch.cuda.is_available() else device_names("auto"))
+    for value, message in ((["cpu", "cpu"], "names a device twice"), ([], "lists no device"),
+                           (["cpu", "gpu"], "its entry 'gpu' is no device name"), ("cpu:1", "cpu:1 does not exist"),
+                           (["auto"], "its entry 'auto' is no device name")):
+        with pytest.raises(ConfigError, match=message):
+            device_names(value)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train.device=\[cuda:0,cuda:1\], but torch sees no CUDA device"):
+            device_names(GPUS)
+
+
+def test_a_list_on_the_command_line_is_a_list():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", ["train.device=[cuda:0,cuda:1]"])
+    assert list(cfg.train.device) == GPUS
+
+
+# --- bad devices and precisions through the CLI: one paragraph, exit 1, no run folder left ---
+
+REFUSED = {
+    "16-mixed on the CPU": (["train.device=cpu", "train.precision=16-mixed"],
+                            "train.precision=16-mixed is float16 autocast with a gradient scaler, which is for CUDA devices",
+                            "Use train.precision=bf16-mixed on a CPU"),
+    "a device twice": (["train.device=[cpu,cpu]"], "train.device=[cpu,cpu] names a device twice", "list each device once"),
+    "an unknown device": (["train.device=[cpu,tpu]"], "train.device must be auto, cpu, cuda, cuda:N or mps",
+                          "its entry 'tpu' is no device name"),
+    "fused where the optimizer has none": (["train.optimizer._target_=torch.optim.RMSprop", "train.optimizer.fused=true"],
+                                           "train.optimizer.fused=true, but RMSprop", "has no `fused` option"),
+}
+if not torch.cuda.is_available():
+    REFUSED["GPUs that are not there"] = (["train.device=[cuda:0,cuda:1]"],
+                                          "train.device=[cuda:0,cuda:1], but torch sees no CUDA device", "use train.device=auto or cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_device_or_precision_the_machine_lacks_is_refused(tmp_path, name):
+    overrides, message, detail = REFUSED[name]
+    proc = run_cli(tmp_path, *TINY, *overrides, check=False)
+    assert proc.returncode == 1
+    assert f"kdsweep: error: {message}" in proc.stderr and detail in proc.stderr
+    assert "Traceback" not in proc.stderr and "training the" not in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_a_run_on_a_list_of_one_device_records_its_device_and_optimizer(tmp_path):
+    run_cli(tmp_path, *TINY, "train.device=[cpu]", "train.precision=bf16-mixed")
+    config = read_metrics(tmp_path / "run")["config"]
+    assert (config["device"], config["precision"], config["fused_optimizer"]) == ("cpu", "bf16-mixed", True)
+    run_cli(tmp_path, *TINY, "train.optimizer.fused=false", "hydra.run.dir=" + str(tmp_path / "plain"))
+    assert read_metrics(tmp_path / "plain")["config"]["fused_optimizer"] is False
+
+
+# --- the fused kernel where the device has one ---
+
+def _factory(target: str, **keywords):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", [f"train.optimizer._target_={target}", *(f"train.optimizer.{k}={v}" for k, v in keywords.items())])
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.train.optimizer)
+
+
+@pytest.mark.parametrize("target", ["torch.optim.Adam", "torch.optim.SGD", "torch.optim.RMSprop"])
+def test_the_fused_kernel_is_chosen_where_the_cpu_has_one(target):
+    params = [torch.zeros(3, requires_grad=True)]
+    auto = build_optimizer(_factory(target), params, lr=0.1, weight_decay=0.0)
+    # torch 2.13 has CPU kernels for fused Adam and SGD; RMSprop has no `fused` option at all.
+    assert is_fused(auto) is (target != "torch.optim.RMSprop")
+    assert not is_fused(build_optimizer(_factory(target, fused="false"), params, lr=0.1, weight_decay=0.0))
+    if target != "torch.optim.RMSprop":
+        assert is_fused(build_optimizer(_factory(target, fused="true"), params, lr=0.1, weight_decay=0.0))
+        # the batched launcher's option overrides train.optimizer.fused either way
+        assert not is_fused(build_optimizer(_factory(target), params, lr=0.1, weight_decay=0.0, fused=False))
+    else:
+        with pytest.raises(ConfigError, match="has no `fused` option"):
+            build_optimizer(_factory(target, fused="true"), params, lr=0.1, weight_decay=0.0)
+
+
+def test_fused_where_the_kernel_cannot_run_is_refused_and_auto_falls_back():
+    params = [torch.zeros(3, dtype=torch.int64)]  # integer parameters: no fused kernel takes them
+    assert not is_fused(build_optimizer(_factory("torch.optim.Adam"), params, lr=0.1, weight_decay=0.0))
+    with pytest.raises(ConfigError, match="has no fused kernel for torch.int64 parameters on cpu"):
+        build_optimizer(_factory("torch.optim.Adam", fused="true"), params, lr=0.1, weight_decay=0.0)
+
+
+# --- the batched path in bf16-mixed ---
+
+BF16_EPS = 2.0**-7  # bfloat16 keeps 8 significant bits (7 stored): neighbouring values are 2^-7 apart relative
+TRIALS = [(2.0, 0.3, 0), (8.0, 0.9, 1)]
+STUDENT = {
+    "mlp": [],  # stacked batched matmuls
+    "cnn": ["+model.student.channels=[4,8]", "+model.student.hidden=16", "model.student._target_=kdsweep.models.SmallCNN",
+            "~model.student.width", "~model.student.depth", "~model.student.dropout"],  # vmap
+}
+
+
+def settings_for(cache_dir, kind, precision):
+    overrides = [*TINY, f"cache_dir={cache_dir}", "train.epochs=2", "model.teacher.epochs=3",
+                 f"train.precision={precision}", *STUDENT[kind]]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return [settings_from_config(compose("config", [*overrides, f"loss.temperature={t}", f"loss.alpha={a}", f"seed={s}"]))
+                for t, a, s in TRIALS]
+
+
+def first_steps(all_settings):
+    """Each trial's first-step total loss, batched and alone (train.fit), and the trials' inputs."""
+    inputs = [trial.trial_inputs(s) for s in all_settings]
+    data, first = inputs[0].data, all_settings[0]
+    loss_fn = batched.MethodLosses(batched.method_stack(all_settings, data.train.x), inputs[0].teacher_logits.train, data.train.y)
+    steps = []
+    outcomes = batched.fit_batch(
+        [trial.new_student(s, data) for s in all_settings], data.train.x, loss_fn, first.make_optimizer, data.val,
+        lr=first.train.lr, weight_decay=0.0, epochs=first.train.epochs, batch_size=first.train.batch_size,
+        generators=[torch.Generator().manual_seed(s.seed) for s in all_settings], precision=first.precision,
+        on_step=lambda step, parts: steps.append(parts[:, 0].tolist()))
+    steps = torch.tensor(steps)
+    alone = []
+    for s, i in zip(all_settings, inputs):
+        losses = []
+
+        def loss_fn_alone(logits, view, epoch, s=s, i=i, losses=losses):
+            assert logits.dtype == torch.float32  # the loss is computed in float32 whatever the precision
+            parts = s.loss(logits, i.teacher_logits.train[view.idx], i.data.train.y[view.idx], epoch=epoch)
+            losses.append(parts.total.item())
+            return parts
+
+        student = trial.new_student(s, i.data)
+        optimizer = build_optimizer(s.make_optimizer, student.parameters(), lr=s.train.lr, weight_decay=0.0)
+        fit(student, i.data.train.x, loss_fn_alone, optimizer, i.data.val, epochs=1, batch_size=s.train.batch_size,
+            generator=torch.Generator().manual_seed(s.seed), precision=s.precision)
+        alone.append(losses[0])
+    return inputs, outcomes, steps, alone
+
+
+def magnitude(settings, inputs) -> float:
+    """max over the first batch of the student's forward with |weights|, |biases| and |inputs|: it
+    bounds how far a relative error of e in each layer's outputs can move a logit (by L x e x this,
+    to first order: a layer adds its own e x |W||h| to |W| times the error it was given; ReLU and
+    max-pooling do not enlarge differences)."""
+    student = trial.new_student(settings, inputs.data)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.abs_()
+        x = inputs.data.train.x[: settings.train.batch_size].abs()
+        return student(x).abs().max().item()
+
+
+@pytest.mark.parametrize("kind", sorted(STUDENT))
+def test_batched_trials_in_bf16_start_like_single_trials_in_bf16(tmp_path, kind, monkeypatch):
+    bf16 = settings_for(tmp_path, kind, "bf16-mixed")
+    forward, dtypes = batched.StackedStudents.__call__, []
+
+    def recording(self, x, shared):  # the real stacked forward, its output's dtype noted
+        out = forward(self, x, shared)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(batched.StackedStudents, "__call__", recording)
+    inputs, outcomes, batched_first, alone_first = first_steps(bf16)  # every step batched, the first alone
+    # Every stacked forward (training steps, the layout probe, val predictions) ran under bf16 autocast.
+    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == len(batched_first) + 1 + 2  # steps, layout, 2 epochs
+    layers = sum(1 for m in trial.new_student(bf16[0], inputs[0].data).modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    for k, s in enumerate(bf16):
+        # At the first step both paths cast the same weights and inputs to bfloat16 alike; each of the
+        # L layers sums in float32 in its own order and rounds its output to bfloat16, where two float32
+        # sums a rounding apart land on the same bfloat16 value or on neighbours (2^-7 relative apart).
+        # So a logit moves by at most L x 2^-7 x `magnitude`; the KD loss's gradient in the logits has
+        # an L1 norm of at most 2 (hard) and 2 T (soft, T^2 KL at temperature T): the loss moves by at
+        # most 2 max(T, 1) times that, plus float32's rounding of the loss itself.
+        logit_shift = layers * BF16_EPS * magnitude(s, inputs[k])
+        size = magnitude(s, inputs[k])
+        tol = 2 * max(s.loss.temperature, 1.0) * logit_shift + loss_tolerance(
+            s.loss.temperature, s.loss.alpha, 10, 1, size)["loss"]
+        print(f"{kind} trial {k}: batched {batched_first[0, k].item():.7f} alone {alone_first[k]:.7f} tol {tol:.2e}")
+        assert abs(batched_first[0, k].item() - alone_first[k]) <= tol, (batched_first[0, k].item(), alone_first[k], tol)
+        outcome = outcomes[k]
+        assert len(outcome.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in outcome.history)
+        assert outcome.fused_optimizer is True  # Adam on the CPU: the fused kernel, as single trials choose
