@@ -7,6 +7,8 @@ named by the names themselves), and the CUDA-only paths are left to benchmarks/g
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import fcntl
 import multiprocessing
 import os
@@ -22,6 +24,8 @@ from conftest import CONF, F32_EPS, TINY, loss_tolerance, read_metrics, run_cli
 from kdsweep import batched, trial
 from kdsweep.devices import claimed_device, device_names
 from kdsweep.errors import ConfigError
+from kdsweep.metrics import predict_logits
+from kdsweep.models import MLP, SmallCNN
 from kdsweep.optimizers import build_optimizer, is_fused
 from kdsweep.precision import precision_for
 from kdsweep.run import settings_from_config
@@ -211,9 +215,10 @@ def test_fused_where_the_kernel_cannot_run_is_refused_and_auto_falls_back():
         build_optimizer(_factory("torch.optim.Adam", fused="true"), params, lr=0.1, weight_decay=0.0)
 
 
-# --- the batched path in bf16-mixed ---
+# --- the batched path in mixed precision ---
 
-BF16_EPS = 2.0**-7  # bfloat16 keeps 8 significant bits (7 stored): neighbouring values are 2^-7 apart relative
+# Neighbouring values are EPS apart relative: bfloat16 keeps 8 significant bits (7 stored), float16 11 (10 stored).
+EPS = {"bf16-mixed": 2.0**-7, "16-mixed": 2.0**-10}
 TRIALS = [(2.0, 0.3, 0), (8.0, 0.9, 1)]
 STUDENT = {
     "mlp": [],  # stacked batched matmuls
@@ -223,15 +228,20 @@ STUDENT = {
 
 
 def settings_for(cache_dir, kind, precision):
+    """The trials' settings in `precision`; 16-mixed set after the config is read, which refuses it on a
+    CPU (it is for CUDA), so that its gradient scaler's path through fit_batch runs here too."""
     overrides = [*TINY, f"cache_dir={cache_dir}", "train.epochs=2", "model.teacher.epochs=3",
-                 f"train.precision={precision}", *STUDENT[kind]]
+                 f"train.precision={'bf16-mixed' if precision == '16-mixed' else precision}", *STUDENT[kind]]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return [settings_from_config(compose("config", [*overrides, f"loss.temperature={t}", f"loss.alpha={a}", f"seed={s}"]))
+        return [dataclasses.replace(settings_from_config(compose("config", [*overrides, f"loss.temperature={t}",
+                                                                            f"loss.alpha={a}", f"seed={s}"])),
+                                    precision=precision_for(precision))
                 for t, a, s in TRIALS]
 
 
-def first_steps(all_settings):
-    """Each trial's first-step total loss, batched and alone (train.fit), and the trials' inputs."""
+def first_steps(all_settings, should_stop=None):
+    """The trials' inputs, batched outcomes and every batched step's losses (steps, K), and each
+    trial's first-step total loss alone (train.fit)."""
     inputs = [trial.trial_inputs(s) for s in all_settings]
     data, first = inputs[0].data, all_settings[0]
     loss_fn = batched.MethodLosses(batched.method_stack(all_settings, data.train.x), inputs[0].teacher_logits.train, data.train.y)
@@ -240,7 +250,7 @@ def first_steps(all_settings):
         [trial.new_student(s, data) for s in all_settings], data.train.x, loss_fn, first.make_optimizer, data.val,
         lr=first.train.lr, weight_decay=0.0, epochs=first.train.epochs, batch_size=first.train.batch_size,
         generators=[torch.Generator().manual_seed(s.seed) for s in all_settings], precision=first.precision,
-        on_step=lambda step, parts: steps.append(parts[:, 0].tolist()))
+        on_step=lambda step, parts: steps.append(parts[:, 0].tolist()), should_stop=should_stop)
     steps = torch.tensor(steps)
     alone = []
     for s, i in zip(all_settings, inputs):
@@ -260,22 +270,42 @@ def first_steps(all_settings):
     return inputs, outcomes, steps, alone
 
 
-def magnitude(settings, inputs) -> float:
-    """max over the first batch of the student's forward with |weights|, |biases| and |inputs|: it
-    bounds how far a relative error of e in each layer's outputs can move a logit (by L x e x this,
-    to first order: a layer adds its own e x |W||h| to |W| times the error it was given; ReLU and
-    max-pooling do not enlarge differences)."""
+def logit_error_bound(settings, inputs) -> torch.Tensor:
+    """(B, C): how far each first-batch logit of the trial's initial student in its mixed precision may
+    come out along two paths that compute the same low-precision products but sum them in another order.
+
+    Both paths cast the same weights and inputs to the dtype alike and sum each conv or linear output in
+    float32; two float32 sums a rounding apart round to the same bfloat16 (float16) value or to
+    neighbours, one unit in the last place apart: at most EPS |o| (2^-7 for bfloat16's 8 significant
+    bits, 2^-10 for float16's 11). That layer's own error adds to the error it was given, carried
+    through |W| (a conv or linear with |weights| and no bias bounds how far W moves an error):
+    e_l = |W_l| e_(l-1) + EPS |o_l|. ReLU, max-pooling and flattening do not enlarge a difference.
+    First order: the errors are ~1e-3 relative, their products ~1e-6 of that.
+    """
+    eps = EPS[settings.precision.name]
     student = trial.new_student(settings, inputs.data)
+    x = inputs.data.train.x[: settings.train.batch_size]
+    h, e = x, torch.zeros_like(x)
     with torch.no_grad():
-        for p in student.parameters():
-            p.abs_()
-        x = inputs.data.train.x[: settings.train.batch_size].abs()
-        return student(x).abs().max().item()
+        for layer in student.children():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                with torch.autocast("cpu", dtype=settings.precision.dtype):
+                    h = layer(h)
+                magnitude = copy.deepcopy(layer).float()
+                magnitude.weight.abs_()
+                magnitude.bias = None
+                e = magnitude(e) + eps * h.float().abs()
+            elif isinstance(layer, (torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.Flatten)):
+                h, e = layer(h), layer(e) if not isinstance(layer, torch.nn.ReLU) else e
+            else:
+                assert isinstance(layer, torch.nn.Dropout) and layer.p == 0, layer
+    return e
 
 
+@pytest.mark.parametrize("precision", sorted(EPS))
 @pytest.mark.parametrize("kind", sorted(STUDENT))
-def test_batched_trials_in_bf16_start_like_single_trials_in_bf16(tmp_path, kind, monkeypatch):
-    bf16 = settings_for(tmp_path, kind, "bf16-mixed")
+def test_batched_trials_in_mixed_precision_start_like_single_trials(tmp_path, kind, precision, monkeypatch):
+    mixed = settings_for(tmp_path, kind, precision)
     forward, dtypes = batched.StackedStudents.__call__, []
 
     def recording(self, x, shared):  # the real stacked forward, its output's dtype noted
@@ -284,23 +314,34 @@ def test_batched_trials_in_bf16_start_like_single_trials_in_bf16(tmp_path, kind,
         return out
 
     monkeypatch.setattr(batched.StackedStudents, "__call__", recording)
-    inputs, outcomes, batched_first, alone_first = first_steps(bf16)  # every step batched, the first alone
-    # Every stacked forward (training steps, the layout probe, val predictions) ran under bf16 autocast.
-    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == len(batched_first) + 1 + 2  # steps, layout, 2 epochs
-    layers = sum(1 for m in trial.new_student(bf16[0], inputs[0].data).modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
-    for k, s in enumerate(bf16):
-        # At the first step both paths cast the same weights and inputs to bfloat16 alike; each of the
-        # L layers sums in float32 in its own order and rounds its output to bfloat16, where two float32
-        # sums a rounding apart land on the same bfloat16 value or on neighbours (2^-7 relative apart).
-        # So a logit moves by at most L x 2^-7 x `magnitude`; the KD loss's gradient in the logits has
-        # an L1 norm of at most 2 (hard) and 2 T (soft, T^2 KL at temperature T): the loss moves by at
-        # most 2 max(T, 1) times that, plus float32's rounding of the loss itself.
-        logit_shift = layers * BF16_EPS * magnitude(s, inputs[k])
-        size = magnitude(s, inputs[k])
-        tol = 2 * max(s.loss.temperature, 1.0) * logit_shift + loss_tolerance(
-            s.loss.temperature, s.loss.alpha, 10, 1, size)["loss"]
-        print(f"{kind} trial {k}: batched {batched_first[0, k].item():.7f} alone {alone_first[k]:.7f} tol {tol:.2e}")
+    # Trial 0 leaves the stack after epoch 1: the optimizer is rebuilt over trial 1 alone, and (16-mixed)
+    # the same gradient scaler steps it on.
+    inputs, outcomes, batched_first, alone_first = first_steps(mixed, should_stop=[lambda epoch, acc: True, None])
+    # Every stacked forward (training steps, the layout probe, val predictions) ran in the low precision.
+    assert set(dtypes) == {mixed[0].precision.dtype} and len(dtypes) == len(batched_first) + 1 + 2  # steps, layout, 2 epochs
+    assert outcomes[0].stopped_epoch == 1 and len(outcomes[0].history) == 1
+    assert torch.isnan(batched_first[-1, 0]) and torch.isfinite(batched_first[:, 1]).all()
+    for k, s in enumerate(mixed):
+        # The first step: each row's logits may move by `logit_error_bound`; a row's KD loss
+        # (1 - alpha) CE + alpha T^2 KL(teacher || student at T) has a gradient in the logits of L1 norm
+        # at most 2 (CE: softmax minus one-hot) and 2 T (the soft term), so it moves by at most
+        # (2 (1 - alpha) + 2 alpha T) x the row's largest logit error; the batch's loss is the rows' mean,
+        # plus float32's rounding of the loss itself (conftest.loss_tolerance, one step).
+        shift = logit_error_bound(s, inputs[k]).max(dim=1).values  # (B,): the largest logit error of each row
+        t, alpha = s.loss.temperature, s.loss.alpha
+        size = predict_logits(trial.new_student(s, inputs[k].data), inputs[k].data.train.x).abs().max().item()
+        tol = ((2 * alpha * t + 2 * (1 - alpha)) * shift).mean().item() + loss_tolerance(t, alpha, 10, 1, size)["loss"]
         assert abs(batched_first[0, k].item() - alone_first[k]) <= tol, (batched_first[0, k].item(), alone_first[k], tol)
         outcome = outcomes[k]
-        assert len(outcome.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in outcome.history)
+        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in outcome.history)
         assert outcome.fused_optimizer is True  # Adam on the CPU: the fused kernel, as single trials choose
+
+
+def test_layers_that_autocast_keeps_in_float32_are_not_stacked_in_mixed_precision():
+    adam, bf16 = torch.optim.Adam, precision_for("bf16-mixed")
+    cnn = SmallCNN((1, 8, 8), 10, channels=(4, 8), hidden=16)
+    normed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 10))
+    assert batched.why_not_batchable(cnn, adam, bf16) is None
+    assert batched.why_not_batchable(MLP((1, 8, 8), 10, width=16, depth=2), adam, bf16) is None
+    assert batched.why_not_batchable(normed, adam) is None  # float32: vmap computes what the module does
+    assert "the student has LayerNorm" in batched.why_not_batchable(normed, adam, bf16)
