@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -122,7 +123,7 @@ def one_trial_per_gpu(args: argparse.Namespace, cache: Path, out: Path) -> None:
            f"hydra.launcher.n_jobs={count}", f"hydra.sweeper.n_jobs={count}", f"hydra.sweeper.n_trials={count}",
            f"hydra.sweep.dir={sweep}", f"hydra.sweeper.storage=sqlite:///{out / 'per_gpu.db'}"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), **dict(__import__("os").environ)})
+    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         print(f"    the sweep failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")

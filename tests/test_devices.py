@@ -128,7 +128,8 @@ def test_one_device_is_not_claimed(tmp_path):
 
 def test_device_lists_are_checked():
     assert device_names("cpu") == ["cpu"] and device_names(["cpu"]) == ["cpu"]
-    assert device_names("auto") == (["cpu"] if not torch.cuda.is_available() else device_names("auto"))
+    if not torch.cuda.is_available():
+        assert device_names("auto") == ["cpu"]
     for value, message in ((["cpu", "cpu"], "names a device twice"), ([], "lists no device"),
                            (["cpu", "gpu"], "its entry 'gpu' is no device name"), ("cpu:1", "cpu:1 does not exist"),
                            (["auto"], "its entry 'auto' is no device name")):
@@ -137,6 +138,22 @@ def test_device_lists_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"train.device=\[cuda:0,cuda:1\], but torch sees no CUDA device"):
             device_names(GPUS)
+
+
+def test_gpus_are_counted_and_one_beyond_them_is_refused(monkeypatch):
+    # No GPU here: torch's answers about CUDA are set to a two-GPU machine's, to check what
+    # kdsweep makes of them (the checks read nothing else of CUDA).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_names("auto") == GPUS  # every visible GPU
+    assert device_names(["cuda:1", "cuda:0"]) == ["cuda:1", "cuda:0"]
+    with pytest.raises(ConfigError, match=r"train.device=\[cuda:0,cuda:2\] asks for cuda:2, but torch sees 2 CUDA "
+                                          r"device\(s\), cuda:0 to cuda:1 \(CUDA_VISIBLE_DEVICES="):
+        device_names(["cuda:0", "cuda:2"])
+    with pytest.raises(ConfigError, match=r"mixes device types \(cpu, cuda\)"):
+        device_names(["cuda:0", "cpu"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_names("auto") == ["cuda"]  # one GPU: as before, nothing to claim
 
 
 def test_a_list_on_the_command_line_is_a_list():
