@@ -20,7 +20,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, F32_EPS, TINY, loss_tolerance, read_metrics, run_cli
+from conftest import CONF, TINY, loss_tolerance, read_metrics, run_cli
 from kdsweep import batched, trial
 from kdsweep.devices import claimed_device, device_names
 from kdsweep.errors import ConfigError
