@@ -306,7 +306,7 @@ def logit_error_bound(settings, inputs) -> torch.Tensor:
     with torch.no_grad():
         for layer in student.children():
             if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-                with torch.autocast("cpu", dtype=settings.precision.dtype):
+                with torch.autocast(x.device.type, dtype=settings.precision.dtype):
                     h = layer(h)
                 magnitude = copy.deepcopy(layer).float()
                 magnitude.weight.abs_()
