@@ -26,7 +26,6 @@ Batched matmuls round differently from K single ones, so long runs drift apart s
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 import os
@@ -47,6 +46,8 @@ from tqdm.auto import tqdm
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError, KDSweepError
 from kdsweep.methods import LossMethod
+from kdsweep.optimizers import build_optimizer, is_fused
+from kdsweep.precision import Precision
 from kdsweep.train import FitResult, OptimizerFactory, ShouldStop, divergence_error
 from kdsweep.trial import TrialInputs, TrialSettings, finish_trial, new_student, pruned, trial_inputs
 
@@ -90,6 +91,8 @@ class StackedStudents:
         self.base = copy.deepcopy(students[0]).to("meta")
         self.k = len(students)
         self.layers = _sequential_layers(self.base)
+        # Mixed precision on the vmap path: the dtype its weights and inputs are cast to (see __call__).
+        self.compute_dtype: torch.dtype | None = None
 
     def match_gradient_layout(self, x: torch.Tensor, shared: bool) -> None:
         """Store each stacked parameter in the memory layout its gradient comes in.
@@ -115,9 +118,18 @@ class StackedStudents:
 
     def __call__(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         """Logits (K, B, C) for inputs x, one batch for all trials (B, ...) or one per trial (K, B, ...)."""
-        if self.layers is not None:
+        if self.layers is not None:  # batched matmuls, which autocast casts as it casts a single Linear
             return _stacked_sequential(self.layers, self.module_params(), x, shared, self.k)
-        return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(self.module_params(), self.buffers, x)
+        params = self.module_params()
+        if self.compute_dtype is not None:
+            # torch's autocast does not reach ops under vmap (torch 2.13: a vmapped conv or linear runs
+            # in float32 inside an autocast region, even one opened inside the vmapped function), so
+            # the weights and inputs are cast here, as autocast casts them for a conv or linear; the
+            # casts are differentiable, and the float32 leaves get float32 gradients.
+            # `why_not_batchable` keeps this path to layers that autocast would run in that dtype too.
+            params = {n: t.to(self.compute_dtype) if t.is_floating_point() else t for n, t in params.items()}
+            x = x.to(self.compute_dtype) if x.is_floating_point() else x
+        return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
         self.base.train(mode)
@@ -191,8 +203,19 @@ def _stacked_sequential(
     return h
 
 
-def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
-    """Why students like `student` trained with `optimizer_type` cannot be stacked, or None if they can."""
+# Layers whose ops autocast runs in the lower precision (convolutions, linear) or in their input's
+# dtype (the rest): a student made only of these computes under vmap with cast weights and inputs
+# (StackedStudents.__call__) what it computes under autocast alone. Others (softmax, normalisation,
+# a network's own forward) may be kept in float32 by autocast, which vmap would not do.
+MIXED_PRECISION_LAYERS = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.Flatten, nn.Identity, nn.modules.dropout._DropoutNd,
+)
+
+
+def why_not_batchable(student: nn.Module, optimizer_type: type, precision: Precision = Precision()) -> str | None:
+    """Why students like `student` trained with `optimizer_type` in `precision` cannot be stacked,
+    or None if they can."""
     if not issubclass(optimizer_type, ELEMENTWISE_OPTIMIZERS):
         return (f"the optimizer {optimizer_type.__name__} is not known to be element-wise, so one "
                 "optimizer over stacked students might not equal one per student")
@@ -201,6 +224,14 @@ def why_not_batchable(student: nn.Module, optimizer_type: type) -> str | None:
     dropouts = [m for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if dropouts:
         return "the student uses dropout, whose random masks would differ from a single run's"
+    if precision.dtype is not None and _sequential_layers(student) is None:
+        sequential = isinstance(student, nn.Sequential) and type(student).forward is nn.Sequential.forward
+        others = sorted({type(m).__name__ for m in student.children() if not isinstance(m, MIXED_PRECISION_LAYERS)}) \
+            if sequential else [type(student).__name__]
+        if others:
+            return (f"in {precision.name} the stacked students run under torch.vmap, which autocast does not reach, so "
+                    f"kdsweep casts their weights itself; that equals autocast only for convolution, linear, ReLU, "
+                    f"pooling and flatten layers in an nn.Sequential, and the student has {', '.join(others)}")
     return None
 
 
@@ -259,13 +290,24 @@ def fit_batch(
     generators: Sequence[torch.Generator],
     progress: bool = False,
     on_step: StepHook | None = None,
-    fused: bool = False,
+    fused: bool | None = None,
     should_stop: Sequence[ShouldStop | None] | None = None,
     report_every: int = 1,
+    precision: Precision = Precision(),
 ) -> list[FitResult | DivergenceError]:
     """`train.fit` for K students at once: per trial a FitResult, or the DivergenceError it failed with.
 
-    fused: build the optimizer with `fused=True` where its class takes it (Adam, AdamW, SGD, ...).
+    fused: the optimizer's fused kernel (`kdsweep.optimizers.build_optimizer`): None follows
+    make_optimizer's own `fused` (train.optimizer.fused; null: fused where the device supports it).
+    K students' Adam state no longer fits in cache: the per-op loop of the plain Adam streams it from
+    memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster optimizer steps).
+    precision: as `train.fit`'s: autocast around the stacked forward (the vmap path and the stacked
+    matmuls alike), the losses computed in float32 from the logits, and for float16 one gradient
+    scaler over the stacked optimizer. The scaler skips a step whose gradients overflow anywhere, so
+    in 16-mixed an overflow in one trial skips that step for the K trials together (each alone would
+    skip only its own); bf16-mixed has no scaler and keeps the trials apart. The scaler's scale and
+    growth count carry on when trials leave the stack and the optimizer is rebuilt (its per-optimizer
+    state is reset by each `update()`, so nothing refers to the old optimizer).
     should_stop: per trial, None or `train.fit`'s hook, called every `report_every` epochs with that
     trial's val accuracy; a trial it stops (its FitResult's `stopped_epoch` set) leaves the stack and
     the others go on; the batch ends when every trial has stopped, diverged or run all epochs.
@@ -277,20 +319,16 @@ def fit_batch(
     if len(stoppers) != k or len(generators) != k:
         raise ValueError(f"fit_batch needs one generator and one should_stop (or None) per student: {k} students, "
                          f"{len(generators)} generators, {len(stoppers)} should_stop")
-    stack.match_gradient_layout(train_x[:batch_size], shared=True)
-    params = list(stack.params.values())
-    optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay), False
-    if fused and "fused" in inspect.signature(type(optimizer)).parameters:
-        # K students' Adam state no longer fits in cache: the per-op loop of the default Adam streams
-        # it from memory ~10 times a step, the fused kernel once (K=8, 784-128-10: about 5x faster
-        # steps of the optimizer). Same update, rounded differently: within 1e-6 of K plain Adams.
-        try:
-            optimizer, use_fused = make_optimizer(params, lr=lr, weight_decay=weight_decay, fused=True), True
-        except RuntimeError as e:  # no fused kernel for this device or dtype: the plain one is exact anyway
-            log.info("the fused optimizer is not available here (%s); using the plain one", e)
+    device = train_x.device
+    stack.compute_dtype = precision.dtype
+    with precision.autocast(device):
+        stack.match_gradient_layout(train_x[:batch_size], shared=True)
+    optimizer = build_optimizer(make_optimizer, stack.params.values(), lr=lr, weight_decay=weight_decay, fused=fused)
+    use_fused = is_fused(optimizer)
+    scaler = precision.scaler(device)  # enabled for float16 only
 
     def build(params: list[torch.Tensor]) -> torch.optim.Optimizer:  # for the stack once trials leave it
-        return make_optimizer(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if use_fused else {}))
+        return build_optimizer(make_optimizer, params, lr=lr, weight_decay=weight_decay, fused=use_fused)
 
     outcomes: list[FitResult | DivergenceError] = [FitResult() for _ in range(k)]
     active = list(range(k))  # the trials still in the stack, in its order
@@ -302,11 +340,14 @@ def fit_batch(
         sums = torch.zeros(len(active), 3, device=train_x.device)
         for begin in range(0, n, batch_size):
             idx = orders[0, begin : begin + batch_size] if shared else orders[:, begin : begin + batch_size]
-            parts = loss_fn(stack(train_x[idx], shared), idx, epoch)
+            with precision.autocast(device):
+                logits = stack(train_x[idx], shared)
+            parts = loss_fn(logits.float(), idx, epoch)  # float32 losses whatever the precision
             optimizer.zero_grad(set_to_none=True)
             # Trial k's parameters appear only in parts[k], so each gets its own loss's gradient.
-            parts[:, 0].sum().backward()
-            optimizer.step()
+            scaler.scale(parts[:, 0].sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
             parts = parts.detach()
             if on_step is not None:
                 on_step(step, parts if len(active) == k else
@@ -315,7 +356,8 @@ def fit_batch(
             step += 1
         means = (sums / n).tolist()
         # Exact counts over the val rows, as `metrics.accuracy` gives a single trial.
-        val_acc = [int(c) / len(val.y) for c in (stack.predict(val.x).argmax(dim=-1) == val.y).sum(dim=1)]
+        with precision.autocast(device):  # as `train.fit` measures a single trial's
+            val_acc = [int(c) / len(val.y) for c in (stack.predict(val.x).argmax(dim=-1) == val.y).sum(dim=1)]
         leaving = []
         for row, i in enumerate(active):
             outcome = outcomes[i]
@@ -340,7 +382,7 @@ def fit_batch(
     seconds = time.perf_counter() - start
     for outcome in outcomes:
         if isinstance(outcome, FitResult):
-            outcome.seconds = seconds
+            outcome.seconds, outcome.fused_optimizer = seconds, use_fused
     return outcomes
 
 
@@ -405,11 +447,14 @@ def method_stack(trials: Sequence[TrialSettings], like: torch.Tensor) -> LossMet
 
 
 def train_trials(
-    trials: Sequence[TrialSettings], *, fused_optimizer: bool = True, num_threads: int | None = None
+    trials: Sequence[TrialSettings], *, fused_optimizer: bool | None = None, num_threads: int | None = None
 ) -> list[BatchedTrial]:
     """Train K trials that differ only in the loss's hyperparameters and the seed as one model.
 
-    fused_optimizer: use the optimizer's fused kernel where it has one (see `fit_batch`).
+    fused_optimizer: the optimizer's fused kernel (see `fit_batch`); None: train.optimizer.fused's
+    choice (null: fused where the device supports it), as single trials make it.
+    The trials train on `trials[0].device` in `trials[0].precision` (the launcher groups trials
+    whose train.device and train.precision agree).
     num_threads: torch CPU threads while the stacked students train; None: `batch_threads` (as many
     as the K trials would use alone, at most the cores other processes leave idle). Everything else
     (the teacher, and the baseline student that the first report trains) runs on train.num_threads,
@@ -440,7 +485,7 @@ def train_trials(
         raise NotBatchable("the data are streamed (data.stream), and batched trials gather in-memory inputs")
     students = [new_student(s, i.data) for s, i in zip(trials, inputs)]
     probe = first.make_optimizer([torch.zeros(1, requires_grad=True)], lr=first.train.lr, weight_decay=first.train.weight_decay)
-    reason = why_not_batchable(students[0], type(probe))
+    reason = why_not_batchable(students[0], type(probe), first.precision)
     if reason:
         raise NotBatchable(reason)
     train = first.train
@@ -456,6 +501,7 @@ def train_trials(
             weight_decay=train.weight_decay, epochs=train.epochs, batch_size=train.batch_size,
             generators=[torch.Generator().manual_seed(s.seed) for s in trials], progress=sys.stderr.isatty(),
             fused=fused_optimizer, should_stop=should_stop, report_every=periods.pop() if periods else 1,
+            precision=first.precision,
         )
     batched = []
     for s, i, student, outcome in zip(trials, inputs, students, outcomes):

@@ -11,8 +11,6 @@ from kdsweep.batches import LoaderSettings
 from kdsweep.labels import check_labels
 from kdsweep.precision import precision_for
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
     if not ok:
@@ -40,7 +38,7 @@ class TrainSettings:
     batch_size: int
     lr: float
     weight_decay: float
-    device: str
+    device: str | list[str]  # a name or a list (kdsweep.devices: checked when resolved)
     num_threads: int | None
     labels: int | float | None = None  # None: every example labelled (kdsweep.labels)
     transfer_set: str = "labelled"
@@ -49,7 +47,6 @@ class TrainSettings:
 
     def checked(self) -> TrainSettings:
         _check_schedule("train", self.epochs, self.batch_size, self.lr, self.weight_decay)
-        _require(self.device in DEVICES, "train.device", self.device, f"one of {sorted(DEVICES)}")
         _require(self.num_threads is None or (_is_int(self.num_threads) and self.num_threads >= 1),
                  "train.num_threads", self.num_threads, "an integer >= 1, or null for torch's default")
         check_labels(self.labels, self.transfer_set)
@@ -85,12 +82,11 @@ class TeacherSettings:
         return self
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda, but torch sees no CUDA device; use train.device=auto or cpu.")
-    return torch.device(name)
+def resolve_device(name: str | list[str]) -> torch.device:
+    """train.device's first device (kdsweep.devices.device_names checks it); ConfigError if it is bad."""
+    from kdsweep.devices import device_names
+
+    return torch.device(device_names(name)[0])
 
 
 def loader_settings(values: dict | None) -> LoaderSettings:

@@ -50,3 +50,51 @@ def precision_for(name: object) -> Precision:
         raise ConfigError(f"train.precision must be one of 32, bf16-mixed, 16-mixed (PyTorch Lightning's names; "
                           f"32-true is 32), but got train.precision={name!r}.")
     return Precision("32" if text == "32-true" else text)
+
+
+def check_precision(precision: Precision, device: torch.device) -> None:
+    """Refuse a precision that `device` cannot train in, as PyTorch Lightning does (ConfigError).
+
+    16-mixed is float16 autocast with a gradient scaler, made for CUDA: on a CPU it is refused (CPU
+    float16 matmuls are slow and the scaler buys nothing there; bf16-mixed is the CPU's mixed
+    precision). bf16-mixed on a CUDA card without native bfloat16 (compute capability below 8.0,
+    torch.cuda.is_bf16_supported(including_emulation=False)) is refused naming the card. On MPS (and
+    any other device type) a precision whose autocast torch does not support there is refused.
+    """
+    if precision.dtype is None:
+        return
+    if device.type == "cpu" and precision.dtype is torch.float16:
+        raise ConfigError(
+            "train.precision=16-mixed is float16 autocast with a gradient scaler, which is for CUDA devices; "
+            "this run's device is the CPU (train.device), where it is not supported (as in PyTorch Lightning). "
+            "Use train.precision=bf16-mixed on a CPU, or train on a CUDA device.")
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            if precision.dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+                name = torch.cuda.get_device_name(device)
+                raise ConfigError(
+                    f"train.precision=bf16-mixed needs a GPU with native bfloat16 (compute capability 8.0 or "
+                    f"higher), but {device} is a {name} (compute capability "
+                    f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}); use train.precision=16-mixed "
+                    "or 32 on this GPU.")
+        return
+    if device.type != "cpu" and not _autocast_works(device, precision.dtype):
+        raise ConfigError(
+            f"train.precision={precision.name} needs {precision.dtype} autocast on {device.type}, which this torch "
+            f"({torch.__version__}) does not support there; use train.precision=32 on {device}.")
+
+
+def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch autocasts to dtype on device's type (it disables an unsupported one with a warning)."""
+    import warnings
+
+    if not torch.amp.is_autocast_available(device.type):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                pass
+        except (RuntimeError, UserWarning):
+            return False
+    return True

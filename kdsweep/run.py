@@ -83,7 +83,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     # Imported here, not at the top: they import torch (1-2 s), which `--help` and -c job never use.
     from dataclasses import fields
 
-    from kdsweep.config import TeacherSettings, TrainSettings, loader_settings, resolve_device
+    from kdsweep.config import TeacherSettings, TrainSettings, loader_settings
+    from kdsweep.devices import trial_devices
     from kdsweep.precision import precision_for
     from kdsweep.errors import ConfigError
     from kdsweep.methods import make_loss
@@ -119,6 +120,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
             data[key] = to_absolute_path(data[key])
     make_data = _factory(cfg.data.loader, "data.loader") if data.get("source") == "function" and cfg.data.get("loader") else None
     use_teacher_net = loss.needs_teacher and teacher.logits is None
+    make_optimizer = instantiate(cfg.train.optimizer)
     return TrialSettings(
         data=data,
         loss=loss,
@@ -130,11 +132,11 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
         optimizer=OmegaConf.to_container(cfg.train.optimizer, resolve=True),
         make_teacher=_factory(teacher_node.net, "model.teacher.net") if use_teacher_net else None,
         make_student=_factory(cfg.model.student, "model.student"),
-        make_optimizer=instantiate(cfg.train.optimizer),
+        make_optimizer=make_optimizer,
         seed=int(cfg.seed),
         cache_dir=Path(to_absolute_path(cfg.cache_dir)),
         baseline=bool(cfg.baseline),
-        device=resolve_device(train.device),
+        device=trial_devices(train.device, precision_for(train.precision), make_optimizer)[0],  # checked; claimed in run()
         make_data=make_data,
         pruning=pruning_from_hydra(),
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -146,11 +148,16 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
     """One trial from a composed config; returns the best val accuracy to the sweeper."""
+    from kdsweep.devices import trial_on_own_device
     from kdsweep.preemption import stop_on_signals
     from kdsweep.trial import run_trial
 
-    with stop_on_signals():  # SIGTERM, SIGUSR2: stop at the next batch (kdsweep.preemption)
-        return run_trial(settings_from_config(cfg), output_dir)
+    settings = settings_from_config(cfg)
+    job = HydraConfig.get().job.get("num") if HydraConfig.initialized() else None
+    # SIGTERM, SIGUSR2: stop at the next batch (kdsweep.preemption); with several devices in
+    # train.device, the trial holds one of its own until it ends (kdsweep.devices)
+    with stop_on_signals(), trial_on_own_device(settings, job or 0) as settings:
+        return run_trial(settings, output_dir)
 
 
 def _unwritable(folder: Path) -> str | None:

@@ -60,6 +60,7 @@ class FitResult:
     # waiting for batches (reading, decoding, copying); a high share means the loader is the bottleneck.
     examples_per_second: float | None = None
     data_wait_share: float | None = None
+    fused_optimizer: bool | None = None  # whether the optimizer stepped with its fused kernel (kdsweep.optimizers)
 
     def record_epoch(
         self, epoch: int, loss: float, soft: float, hard: float, val_acc: float,
@@ -190,4 +191,5 @@ def fit(
     best.seconds += seconds  # a resumed training's earlier seconds included
     best.examples_per_second = timer.examples / seconds if seconds > 0 else None
     best.data_wait_share = timer.wait_seconds / seconds if seconds > 0 else None
+    best.fused_optimizer = bool(optimizer.defaults.get("fused"))
     return best

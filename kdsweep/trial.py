@@ -31,6 +31,7 @@ from kdsweep.losses import LossParts
 from kdsweep.methods import CE, KD, LossMethod
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.precision import Precision, precision_for
+from kdsweep.optimizers import build_optimizer
 from kdsweep.models import build_network, check_outputs, code_fingerprint, count_parameters
 from kdsweep.own_data import file_fingerprint, index_dir_for, load_dataset
 from kdsweep.profiling import trial_size
@@ -116,7 +117,7 @@ def train_network(
     name; loader: how streamed inputs are read.
     """
     labels = data.train.y
-    optimizer = make_optimizer(net.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = build_optimizer(make_optimizer, net.parameters(), lr=lr, weight_decay=weight_decay)  # fused where supported
     return fit(
         net, data.train.x, loss_fn or (lambda logits, view, epoch: CE()(logits, None, labels[view.idx])), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
@@ -148,6 +149,8 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
     key = cache.spec_key(spec)
     if key in _TEACHER_LOGITS:
         logits, info = _TEACHER_LOGITS[key]
+        # on this trial's device: a process's trials may each claim another GPU (kdsweep.devices)
+        logits = TeacherLogits(*(t.to(settings.device) for t in (logits.train, logits.val, logits.test)))
         return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
     start = time.perf_counter()
     torch.manual_seed(t.seed)  # the teacher's initial weights, whether it is trained or loaded
@@ -202,6 +205,8 @@ def _teacher_logits_from_file(settings: TrialSettings, data: Dataset) -> tuple[T
                           "contents": file_fingerprint(path, index_dir_for(settings.cache_dir))})
     if key in _TEACHER_LOGITS:
         logits, info = _TEACHER_LOGITS[key]
+        # on this trial's device: a process's trials may each claim another GPU (kdsweep.devices)
+        logits = TeacherLogits(*(t.to(settings.device) for t in (logits.train, logits.val, logits.test)))
         return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
     loaded = load_logits_file(path, data)
     logits = TeacherLogits(*(x.to(settings.device) for x in (loaded.train, loaded.val, loaded.test)))
@@ -371,6 +376,7 @@ def finish_trial(
             "device": str(settings.device),
             "precision": settings.precision.name,
             "data_path": "streamed" if is_streamed(data.train.x) else "in-memory",  # kdsweep.streaming
+            "fused_optimizer": result.fused_optimizer,  # kdsweep.optimizers: fused where the device supports it
         },
         # "pruned": the pruner stopped it after results.epoch_reached epochs; its results are those of
         # the best epoch up to then, and it raises TrialPruned after writing this file.

@@ -16,7 +16,7 @@ in the jobs' order, whatever order the groups trained in.
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -44,8 +44,9 @@ class KDSweepBatchedLauncherConf:
     _target_: str = "hydra_plugins.kdsweep_batched_launcher.batched_launcher.KDSweepBatchedLauncher"
     # Step the stacked students with the optimizer's fused kernel (Adam, AdamW, SGD): several times
     # faster for K stacked students, whose optimizer state outgrows the cache; the same update up to
-    # rounding (within 1e-6 of one plain optimizer per trial). false: the plain optimizer, as a single run.
-    fused_optimizer: bool = True
+    # rounding (within 1e-6 of one plain optimizer per trial). null: train.optimizer.fused's choice
+    # (fused where the device supports it, as single runs); true: fused or refused; false: the plain one.
+    fused_optimizer: Optional[bool] = None
     # torch CPU threads while a batch's stacked students train. null: as many as its K trials would
     # use alone (K x train.num_threads), at most the cores that other processes leave idle (by the
     # load average): on a busy 2-core machine a batch's steps took 7-36x as long on 2 threads as on 1.
@@ -106,7 +107,7 @@ def _is_kdsweep_main(task_function: Any) -> bool:
 class KDSweepBatchedLauncher(BasicLauncher):
     """The basic launcher, except that batchable jobs are trained as one model."""
 
-    def __init__(self, fused_optimizer: bool = True, num_threads: Optional[int] = None) -> None:
+    def __init__(self, fused_optimizer: Optional[bool] = None, num_threads: Optional[int] = None) -> None:
         super().__init__()
         self.fused_optimizer = fused_optimizer
         self.num_threads = num_threads
@@ -145,14 +146,19 @@ class KDSweepBatchedLauncher(BasicLauncher):
                 log.info("kdsweep_batched: running job %s alone: %s", names, why)
                 trials, reason = None, ""
             else:
-                trials, reason = self._train_together([settings[pos] for pos in positions])
+                from kdsweep.devices import trial_on_own_device
+
+                # The batch holds one device (of train.device's) while it trains and writes its reports,
+                # as a single trial does (kdsweep.devices); jobs that run one by one claim their own.
+                with trial_on_own_device(settings[positions[0]], initial_job_idx + positions[0]) as first:
+                    trials, reason = self._train_together([replace(settings[pos], device=first.device) for pos in positions])
+                    if trials is not None:
+                        returns.update(self._report(job_overrides, configs, positions, trials, initial_job_idx, values))
                 if trials is None:
                     log.info("kdsweep_batched: running jobs %s one by one: %s", names, reason)
             if trials is None:
                 for pos in positions:
                     (returns[pos],) = super().launch([job_overrides[pos]], initial_job_idx + pos)
-                continue
-            returns.update(self._report(job_overrides, configs, positions, trials, initial_job_idx, values))
         return [returns[pos] for pos in range(len(configs))]
 
     def _settings(self, configs: list[DictConfig]) -> tuple[dict[int, Any], dict[int, str]]:
