@@ -88,6 +88,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     from kdsweep.errors import ConfigError
     from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
+    from kdsweep.views import refuse_logits_teacher
 
     missing = sorted(OmegaConf.missing_keys(cfg))  # `???` in a config file: a value only the user can give
     if missing:
@@ -118,6 +119,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
         data["path"] = to_absolute_path(data["path"])
     make_data = _factory(cfg.data.loader, "data.loader") if data.get("source") == "function" and cfg.data.get("loader") else None
     use_teacher_net = loss.needs_teacher and teacher.logits is None
+    refuse_logits_teacher(train.augment, loss.needs_teacher, teacher.logits)  # a teacher on the student's view needs a network
     return TrialSettings(
         data=data,
         loss=loss,

@@ -9,7 +9,6 @@ from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -83,14 +82,6 @@ def divergence_error(epoch: int, loss: float, soft: float, hard: float) -> Diver
     )
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to max_shift pixels in each direction, filling with zeros."""
-    n, _, height, width = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
-
-
 def fit(
     model: nn.Module,
     train_x: torch.Tensor,
@@ -101,7 +92,6 @@ def fit(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
-    max_shift: int = 0,
     augment: Augment | None = None,
     augment_seed: int = 0,
     precision: Precision = Precision(),
@@ -162,8 +152,6 @@ def fit(
                     "best": {**asdict(best), "seconds": best.seconds + time.perf_counter() - start}})
                 raise preemption.interrupted(preemption.pending(), epoch, begin // batch_size + 1,
                                              math.ceil(n / batch_size), description, note)
-            if max_shift:
-                x = random_shift(x, max_shift, generator)
             mix = None
             if augment is not None:
                 x, mix = augment(x, aug_generator)
