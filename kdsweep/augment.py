@@ -303,8 +303,8 @@ def augmentation(nodes: Sequence[Any] | None) -> Augmentation | None:
             if isinstance(cause, ConfigError):
                 raise ConfigError(f"{where}: {cause}") from None
             raise ConfigError(f"{where}._target_={node['_target_']} cannot be built: {' '.join(str(e).split())[:400]} "
-                              "Check its arguments; a module of your own must be importable from where you run "
-                              "kdsweep.") from None
+                              "Check its arguments (a plain function (x, generator) -> x_view needs _partial_: true); a "
+                              "module of your own must be importable from where you run kdsweep.") from None
         if not callable(transform):
             raise ConfigError(f"{where}._target_={node['_target_']} gives a {type(transform).__name__}, not a callable "
                               "(x, generator) -> x_view; a plain function needs _partial_: true.")

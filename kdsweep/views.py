@@ -47,9 +47,14 @@ def refuse_logits_teacher(augment: Sequence[Any] | None, needs_teacher: bool, lo
             "train the student without augmentation (train.augment=[]).")
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """float16 and bfloat16 logits as float32; float32 and float64 as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def fixed_targets(teacher_train: torch.Tensor) -> TeacherTargets:
     """The teacher's logits on the training set (N, C), computed once, looked up by each step's rows."""
-    logits = teacher_train.float()
+    logits = at_least_float32(teacher_train)
 
     def targets(view: View) -> torch.Tensor:
         return logits[view.idx]
@@ -70,7 +75,7 @@ class TeacherOnView:
 
     def __call__(self, view: View) -> torch.Tensor:
         with torch.no_grad(), self.precision.autocast(view.x.device):
-            return self.net(view.x).float()
+            return at_least_float32(self.net(view.x))
 
 
 def mixed_criterion(loss_on: Callable[[torch.Tensor, torch.Tensor | None], LossParts], labels: torch.Tensor,
