@@ -403,6 +403,13 @@ def test_an_augmented_trial_is_reproducible_and_its_baseline_is_trained_on_the_s
     assert a["history"] == b["history"] and a["results"] == b["results"]
     assert a["history"] != read_metrics(tmp_path / "plain")["history"]
     assert all(math.isfinite(h["loss"]) for h in a["history"])
+    # The analysis tells the augmented student from the plain one: another student, never another seed of it.
+    from kdsweep.analysis import STUDENT, load_trials
+
+    trials = load_trials(tmp_path / "plain", tmp_path / "first", tmp_path / "again")
+    assert trials["augment"].isna().tolist() == [True, False, False]
+    assert trials["augment"].iloc[1] == "RandomCrop(padding=1) + HorizontalFlip() + Mixup(alpha=0.4)"
+    assert trials.groupby([k for k in STUDENT if k in trials], dropna=False).ngroups == 2
 
 
 @pytest.mark.slow
