@@ -316,8 +316,3 @@ def augmentation(nodes: Sequence[Any] | None) -> Augmentation | None:
         raise ConfigError(f"{KEY}[{mixing[0]}] and {KEY}[{mixing[1]}] both mix the batch's rows; a list may hold one "
                           "mixing transform (Mixup or CutMix), whose labels the loss weighs.")
     return Augmentation(tuple(transforms), tuple(dict(node) for node in nodes))
-
-
-def random_shift(max_shift: int) -> list[dict[str, Any]]:
-    """The teacher's random shift (model.teacher.max_shift) as a train.augment list: RandomCrop with zero fill."""
-    return [{"_target_": "kdsweep.augment.RandomCrop", "padding": max_shift}] if max_shift else []

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdsweep import preemption
+from kdsweep.augment import crop_at
 from kdsweep.batches import DataTimer, LoaderSettings, batches
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError
@@ -82,6 +83,17 @@ def divergence_error(epoch: int, loss: float, soft: float, hard: float) -> Diver
     )
 
 
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image (B, C, H, W) by up to max_shift pixels in each direction, filling with zeros.
+
+    The teacher's shifts (model.teacher.max_shift): kdsweep.augment's RandomCrop window with its (B, 2)
+    offsets drawn from `generator` (the batch order's) as they always were, so a teacher trains bit for
+    bit as it did when this was a loop over the images, and its cache entries stay valid.
+    """
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=generator)
+    return crop_at(x, max_shift, offsets.to(x.device))
+
+
 def fit(
     model: nn.Module,
     train_x: torch.Tensor,
@@ -92,6 +104,7 @@ def fit(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
+    max_shift: int = 0,
     augment: Augment | None = None,
     augment_seed: int = 0,
     precision: Precision = Precision(),
@@ -152,6 +165,8 @@ def fit(
                     "best": {**asdict(best), "seconds": best.seconds + time.perf_counter() - start}})
                 raise preemption.interrupted(preemption.pending(), epoch, begin // batch_size + 1,
                                              math.ceil(n / batch_size), description, note)
+            if max_shift:
+                x = random_shift(x, max_shift, generator)
             mix = None
             if augment is not None:
                 x, mix = augment(x, aug_generator)

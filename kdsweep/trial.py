@@ -37,7 +37,7 @@ from kdsweep.ratios import points
 from kdsweep.student import keep_trial_student
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
 from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
-from kdsweep.augment import augmentation, random_shift
+from kdsweep.augment import augmentation
 from kdsweep.views import TeacherOnView, fixed_targets, method_loss, teacher_view
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ _BASELINES: dict[str, dict[str, float]] = {}
 
 def train_network(
     net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, loss_fn: LossFn | None = None, *,
-    epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, augment: list | None = None,
-    description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
+    epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
+    augment: list | None = None, description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
     precision: str = "32", loader: LoaderSettings | None = None,
 ) -> FitResult:
     """Train `net` on the training set with `loss_fn`; by default `CE` on the hard labels.
@@ -127,7 +127,7 @@ def train_network(
     return fit(
         net, data.train.x, loss_fn or method_loss(CE(), labels), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-        augment=augmentation(augment), augment_seed=seed, progress=sys.stderr.isatty(), description=description,
+        max_shift=max_shift, augment=augmentation(augment), augment_seed=seed, progress=sys.stderr.isatty(), description=description,
         should_stop=should_stop, report_every=report_every, precision=precision_for(precision), loader=loader,
         device=next(net.parameters()).device,
     )
@@ -149,8 +149,6 @@ def teacher_spec(settings: TrialSettings, data: Dataset) -> dict[str, Any]:
     # "logits": entries hold the teacher's logits too (older entries, weights only, are not reused).
     spec = {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
             "train": asdict(t), "optimizer": settings.optimizer, "logits": True}
-    if t.max_shift:  # shifts drawn by kdsweep.augment.RandomCrop since version 2, not per image from the batch order's generator
-        spec["shift_version"] = 2
     return spec
 
 
@@ -181,7 +179,7 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
             log.info("training the teacher (%d epochs); it is cached for later runs", t.epochs)
             result = train_network(
                 net, data, settings.make_optimizer, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                weight_decay=t.weight_decay, seed=t.seed, augment=random_shift(t.max_shift), description="teacher",
+                weight_decay=t.weight_decay, seed=t.seed, max_shift=t.max_shift, description="teacher",
             )
             net.load_state_dict(result.best_state)
             # Its logits too: a later process then skips the teacher's forward over every image (0.9 s

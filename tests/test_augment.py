@@ -464,19 +464,35 @@ def test_a_users_transform_is_part_of_the_studys_inputs(tmp_path, monkeypatch):
     assert user_inputs(config) != found
 
 
-@pytest.mark.parametrize("shift", [0, 2])
-def test_a_teacher_trained_with_shifts_has_a_new_cache_spec_and_one_without_keeps_its_own(tmp_path, shift):
-    from test_configs import compose_config
+def old_random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """The teacher's shift as kdsweep drew it before: a Python loop over the images."""
+    n, _, height, width = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
 
-    from kdsweep.own_data import load_dataset
-    from kdsweep.run import settings_from_config
-    from kdsweep.trial import teacher_spec
 
-    settings = settings_from_config(compose_config(f"model.teacher.max_shift={shift}", f"cache_dir={tmp_path}"))
-    spec = teacher_spec(settings, load_dataset(settings.data))
-    # The random shifts are drawn by RandomCrop now, not per image from the batch order's generator: a
-    # teacher cached the old way is another teacher. An unshifted teacher trains as before and keeps its entry.
-    assert spec.get("shift_version") == (2 if shift else None)
+def test_the_teachers_shift_is_the_old_loops_bit_for_bit_so_cached_teachers_stay_valid(monkeypatch):
+    from kdsweep import train
+    from kdsweep.data import Split
+    from kdsweep.models import SmallCNN
+    from kdsweep.views import method_loss
+
+    x = images(b=40, c=1, h=8, w=8)
+    assert torch.equal(train.random_shift(x, 2, torch.Generator().manual_seed(4)),
+                       old_random_shift(x, 2, torch.Generator().manual_seed(4)))
+    y = torch.arange(40) % 3
+    states = []
+    for shift in (train.random_shift, old_random_shift):  # a teacher's training, with each
+        monkeypatch.setattr(train, "random_shift", shift)
+        torch.manual_seed(0)
+        net = SmallCNN((1, 8, 8), 3, channels=[4, 8], hidden=8, dropout=0.0)
+        result = train.fit(net, x, method_loss(CE(), y), torch.optim.Adam(net.parameters()), Split(x[:8], y[:8]),
+                           epochs=2, batch_size=16, generator=torch.Generator().manual_seed(0), max_shift=2)
+        states.append(result.best_state)
+        assert result.history[-1]["loss"] > 0
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # the same teacher: its cache entry holds
 
 
 def test_the_baseline_schedule_holds_the_augmentation_only_when_there_is_one(tmp_path):
