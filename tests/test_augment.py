@@ -504,3 +504,15 @@ def test_the_baseline_schedule_holds_the_augmentation_only_when_there_is_one(tmp
     assert "augment" not in plain.student_schedule  # unaugmented baselines keep their cache entries
     augmented = settings_from_config(compose_config(f"cache_dir={tmp_path}", f"train.augment=[{FLIP}]"))
     assert augmented.student_schedule["augment"] == [{"_target_": "kdsweep.augment.HorizontalFlip"}]
+
+
+@pytest.mark.slow
+def test_the_batched_launcher_runs_augmenting_trials_one_by_one_and_says_why(tmp_path):
+    proc = run_cli(tmp_path, *SMALL, f"train.augment=[{FLIP}]", "hydra/sweeper=basic", "seed=0,1",
+                   "hydra/launcher=kdsweep_batched", multirun=True)
+    log = proc.stdout + proc.stderr
+    assert "one by one: the trials augment the student's inputs (train.augment)" in log
+    assert "trials as one batched model" not in log
+    for job in ("0", "1"):
+        m = read_metrics(tmp_path / "sweep" / job)
+        assert m["config"]["teacher_view"] == "same_view" and "batched_trials" not in m["timings"]
