@@ -516,3 +516,49 @@ def test_the_batched_launcher_runs_augmenting_trials_one_by_one_and_says_why(tmp
     for job in ("0", "1"):
         m = read_metrics(tmp_path / "sweep" / job)
         assert m["config"]["teacher_view"] == "same_view" and "batched_trials" not in m["timings"]
+
+
+def recorded_rows(folder) -> list[list[list[float]]]:
+    """The teacher rows RecordingKD wrote, per epoch; the files are removed for the next run."""
+    out = []
+    for epoch in (1, 2):
+        path = folder / f"teacher_epoch{epoch}.jsonl"
+        out.append([json.loads(line)["rows"] for line in path.read_text().splitlines()])
+        path.unlink()
+    return out
+
+
+@pytest.mark.slow
+def test_the_teacher_on_the_view_is_the_trained_the_cached_and_the_checkpointed_network(tmp_path):
+    from test_configs import compose_config
+
+    from kdsweep.models import SmallCNN
+    from kdsweep.own_data import load_dataset
+    from kdsweep.run import settings_from_config
+
+    (tmp_path / "recording_loss.py").write_text(RECORDER)
+    # Every image flipped: a view that changes nothing from epoch to epoch, so the teacher's outputs on it
+    # can be computed here and compared.
+    args = [*SMALL, "data.subset=64", "train.batch_size=64", "loss._target_=recording_loss.RecordingKD", "baseline=false",
+            "train.augment=[{_target_: kdsweep.augment.HorizontalFlip, p: 1.0}]"]
+    run_cli(tmp_path, *args, "hydra.run.dir=trained")
+    trained = recorded_rows(tmp_path)
+    run_cli(tmp_path, *args, "hydra.run.dir=cached")
+    assert recorded_rows(tmp_path) == trained  # the network from the cache entry is the one that was trained
+    assert [read_metrics(tmp_path / d)["timings"]["teacher_source"] for d in ("trained", "cached")] == ["trained", "cache"]
+
+    torch.manual_seed(123)
+    net = SmallCNN((1, 8, 8), 10, channels=[32, 64], hidden=128, dropout=0.3).eval()  # model=cnn's teacher
+    torch.save(net.state_dict(), tmp_path / "teacher.pt")
+    run_cli(tmp_path, *args, f"teacher.checkpoint={tmp_path / 'teacher.pt'}", "hydra.run.dir=checkpoint")
+    (rows,), _ = recorded_rows(tmp_path)  # epoch 1's one step
+    x = load_dataset(settings_from_config(compose_config(*SMALL, "data.subset=64")).data).train.x
+    with torch.no_grad():
+        want = net(x.flip(-1))
+    got = torch.tensor(rows)
+    # Each recorded row is the checkpoint's output on one flipped training image. The same float32 sums in
+    # another batch order may round differently: 1e-5 relative to the logits' size is ~100 float32 ulps.
+    distance = (got[:, None, :] - want[None, :, :]).abs().amax(-1)  # (recorded, expected)
+    tolerance = 1e-5 * (1 + want.abs().max().item())
+    assert (distance.min(1).values <= tolerance).all() and (distance.min(0).values <= tolerance).all()
+    assert not torch.allclose(want, net(x).detach(), atol=tolerance)  # the flip matters: not the stored view
