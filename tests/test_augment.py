@@ -562,3 +562,40 @@ def test_the_teacher_on_the_view_is_the_trained_the_cached_and_the_checkpointed_
     tolerance = 1e-5 * (1 + want.abs().max().item())
     assert (distance.min(1).values <= tolerance).all() and (distance.min(0).values <= tolerance).all()
     assert not torch.allclose(want, net(x).detach(), atol=tolerance)  # the flip matters: not the stored view
+
+
+def test_a_preempted_augmented_training_resumes_with_the_same_views_bit_for_bit(tmp_path):
+    import os
+    import signal
+
+    from kdsweep import preemption
+    from kdsweep.data import load_data
+    from kdsweep.models import MLP
+    from kdsweep.train import fit
+
+    data = load_data("digits")
+    aug = augmentation([{"_target_": "kdsweep.augment.RandomCrop", "padding": 1}, {"_target_": "kdsweep.augment.Mixup"}])
+
+    def train(signal_at_step=None):
+        torch.manual_seed(0)
+        model = MLP(data.input_shape, data.num_classes, width=16, depth=1)
+        steps = [0]
+        inner = method_loss(CE(), data.train.y)
+
+        def loss_fn(logits, view, epoch):
+            if steps[0] == signal_at_step:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            steps[0] += 1
+            return inner(logits, view, epoch)
+
+        return fit(model, data.train.x, loss_fn, torch.optim.Adam(model.parameters(), lr=1e-3), data.val, epochs=2,
+                   batch_size=64, generator=torch.Generator().manual_seed(0), augment=aug, augment_seed=7)
+
+    whole = train()
+    with pytest.raises(preemption.TrainingInterrupted):
+        with preemption.stop_on_signals(), preemption.resumable(tmp_path, "key"):
+            train(signal_at_step=20)  # in epoch 2 (17 steps an epoch)
+    with preemption.stop_on_signals(), preemption.resumable(tmp_path, "key"):
+        resumed = train()
+    assert resumed.history == whole.history  # the crops and mixes drawn after the stop are those of the whole run
+    assert all(torch.equal(resumed.best_state[k], whole.best_state[k]) for k in whole.best_state)
