@@ -145,11 +145,9 @@ def network_spec(arch: dict[str, Any], factory: NetFactory) -> dict[str, Any]:
 
 def teacher_spec(settings: TrialSettings, data: Dataset) -> dict[str, Any]:
     """The trained teacher's cache spec (for a teacher network; teacher.logits files have their own)."""
-    t = settings.teacher
     # "logits": entries hold the teacher's logits too (older entries, weights only, are not reused).
-    spec = {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
-            "train": asdict(t), "optimizer": settings.optimizer, "logits": True}
-    return spec
+    return {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
+            "train": asdict(settings.teacher), "optimizer": settings.optimizer, "logits": True}
 
 
 def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherLogits, dict[str, Any]]:
@@ -159,7 +157,7 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
         return _teacher_logits_from_file(settings, data)
     spec = teacher_spec(settings, data)
     key = cache.spec_key(spec)
-    if key in _TEACHER_LOGITS:
+    if key in _TEACHER_LOGITS and (not settings.train.augment or key in _TEACHER_NETS):
         logits, info = _TEACHER_LOGITS[key]
         return logits, {**info, "teacher_source": "memory", "teacher_seconds": 0.0}
     start = time.perf_counter()
@@ -202,7 +200,8 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
         "teacher_seconds": time.perf_counter() - start,
     }
     _TEACHER_LOGITS[key] = (logits, info)
-    _TEACHER_NETS[key] = freeze(net)
+    if settings.train.augment:  # kept only for a student whose teacher runs on its views: a large teacher holds memory
+        _TEACHER_NETS[key] = freeze(net)
     return logits, info
 
 

@@ -599,3 +599,20 @@ def test_a_preempted_augmented_training_resumes_with_the_same_views_bit_for_bit(
         resumed = train()
     assert resumed.history == whole.history  # the crops and mixes drawn after the stop are those of the whole run
     assert all(torch.equal(resumed.best_state[k], whole.best_state[k]) for k in whole.best_state)
+
+
+@pytest.mark.slow
+def test_an_augmenting_trial_after_a_plain_one_in_the_same_process_gets_the_teacher_network(tmp_path):
+    from test_configs import compose_config
+
+    from kdsweep.metrics import predict_logits
+    from kdsweep.run import settings_from_config
+    from kdsweep.trial import trial_inputs
+
+    plain = settings_from_config(compose_config(*SMALL, f"cache_dir={tmp_path}"))
+    augmented = settings_from_config(compose_config(*SMALL, f"cache_dir={tmp_path}", f"train.augment=[{FLIP}]"))
+    assert trial_inputs(plain).teacher_net is None  # fixed view: the logits alone, no network kept
+    inputs = trial_inputs(augmented)  # the same teacher, its logits memoized by the plain trial
+    assert inputs.teacher_net is not None and inputs.timings["teacher_source"] == "cache"
+    # The network is the teacher whose logits the trial holds: the same outputs on the val images.
+    assert torch.equal(predict_logits(inputs.teacher_net, inputs.data.val.x), inputs.teacher_logits.val)
