@@ -465,6 +465,8 @@ def train_trials(
     trials report to their pruners at different periods, or they set train.labels.
     """
     first = trials[0]
+    if any(s.train.augment for s in trials):  # each step's teacher runs on each trial's own view (kdsweep.views)
+        raise NotBatchable("the trials augment the student's inputs (train.augment), which the batched loop does not implement")
     if any(s.train.labels is not None for s in trials):  # their transfer sets and masked loss are not written out here
         raise NotBatchable("the trials set train.labels (few labels, kdsweep.labels), which the batched loop does "
                            "not implement")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from kdsweep.errors import ConfigError
+from kdsweep.augment import augmentation
 from kdsweep.batches import LoaderSettings
 from kdsweep.labels import check_labels
 from kdsweep.precision import precision_for
@@ -44,6 +45,7 @@ class TrainSettings:
     transfer_set: str = "labelled"
     precision: int | str = "32"  # kdsweep.precision's names
     loader: dict | None = None  # kdsweep.batches.LoaderSettings's fields; None: its defaults
+    augment: list | None = None  # the student's transforms (kdsweep.augment): config nodes with _target_
 
     def checked(self) -> TrainSettings:
         _check_schedule("train", self.epochs, self.batch_size, self.lr, self.weight_decay)
@@ -52,6 +54,7 @@ class TrainSettings:
         check_labels(self.labels, self.transfer_set)
         precision_for(self.precision)
         loader_settings(self.loader)
+        augmentation(self.augment)
         return self
 
 

@@ -89,6 +89,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     from kdsweep.errors import ConfigError
     from kdsweep.methods import make_loss
     from kdsweep.trial import TrialSettings
+    from kdsweep.views import refuse_logits_teacher
 
     missing = sorted(OmegaConf.missing_keys(cfg))  # `???` in a config file: a value only the user can give
     if missing:
@@ -121,6 +122,7 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     make_data = _factory(cfg.data.loader, "data.loader") if data.get("source") == "function" and cfg.data.get("loader") else None
     use_teacher_net = loss.needs_teacher and teacher.logits is None
     make_optimizer = instantiate(cfg.train.optimizer)
+    refuse_logits_teacher(train.augment, loss.needs_teacher, teacher.logits)  # a teacher on the student's view needs a network
     return TrialSettings(
         data=data,
         loss=loss,

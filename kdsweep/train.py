@@ -9,11 +9,11 @@ from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from kdsweep import preemption
+from kdsweep.augment import crop_at
 from kdsweep.batches import DataTimer, LoaderSettings, batches
 from kdsweep.data import Split
 from kdsweep.errors import DivergenceError
@@ -85,11 +85,14 @@ def divergence_error(epoch: int, loss: float, soft: float, hard: float) -> Diver
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to max_shift pixels in each direction, filling with zeros."""
-    n, _, height, width = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
+    """Shift each image (B, C, H, W) by up to max_shift pixels in each direction, filling with zeros.
+
+    The teacher's shifts (model.teacher.max_shift): kdsweep.augment's RandomCrop window with its (B, 2)
+    offsets drawn from `generator` (the batch order's) as they always were, so a teacher trains bit for
+    bit as it did when this was a loop over the images, and its cache entries stay valid.
+    """
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=generator)
+    return crop_at(x, max_shift, offsets.to(x.device))
 
 
 def fit(

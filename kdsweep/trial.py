@@ -27,7 +27,6 @@ from kdsweep.config import TeacherSettings, TrainSettings
 from kdsweep.data import Dataset
 from kdsweep.errors import ConfigError, DataError, TrialPruned
 from kdsweep.labels import indices_digest, labelled_count, labelled_data, labelled_indices, labelled_mask
-from kdsweep.losses import LossParts
 from kdsweep.methods import CE, KD, LossMethod
 from kdsweep.metrics import accuracy, agreement, predict_logits
 from kdsweep.precision import Precision, precision_for
@@ -40,7 +39,9 @@ from kdsweep.streamed_data import STREAM_KEYS
 from kdsweep.streaming import is_streamed
 from kdsweep.student import keep_trial_student
 from kdsweep.teacher import TeacherLogits, compute_logits, freeze, load_checkpoint, load_logits_file
-from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, View, fit
+from kdsweep.train import FitResult, LossFn, OptimizerFactory, ShouldStop, fit
+from kdsweep.augment import augmentation
+from kdsweep.views import TeacherOnView, fixed_targets, method_loss, teacher_view
 
 if TYPE_CHECKING:
     from kdsweep.pruning import PruningSettings
@@ -85,6 +86,8 @@ class TrialSettings:
         schedule = {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay, "seed": self.seed}
         if self.precision.name != "32":  # only then: float32 runs keep the cache keys they had
             schedule["precision"] = self.precision.name
+        if t.augment:  # likewise: the baseline learns from the same augmented views as the distilled student
+            schedule["augment"] = list(t.augment)
         return schedule
 
 
@@ -97,10 +100,15 @@ class TrialInputs:
     # Indices into data.train of the examples whose labels the student gets (train.labels); None: all.
     # data itself stays whole: the teacher learns from all of it (kdsweep.labels).
     labelled: torch.Tensor | None = None
+    # The frozen teacher network, run on each augmented batch (train.augment: kdsweep.views); None when the
+    # student's view is fixed and the teacher's logits above are all it needs.
+    teacher_net: nn.Module | None = None
 
 
 # Computed teacher logits, per teacher spec: every trial of an in-process sweep reuses them.
 _TEACHER_LOGITS: dict[str, tuple[TeacherLogits, dict[str, Any]]] = {}
+# The frozen teacher networks behind them, per teacher spec, for a student that augments its inputs.
+_TEACHER_NETS: dict[str, nn.Module] = {}
 # The baseline student's accuracies, per baseline spec, likewise.
 _BASELINES: dict[str, dict[str, float]] = {}
 
@@ -108,20 +116,21 @@ _BASELINES: dict[str, dict[str, float]] = {}
 def train_network(
     net: nn.Module, data: Dataset, make_optimizer: OptimizerFactory, loss_fn: LossFn | None = None, *,
     epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, max_shift: int = 0,
-    description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
+    augment: list | None = None, description: str = "train", should_stop: ShouldStop | None = None, report_every: int = 1,
     precision: str = "32", loader: LoaderSettings | None = None,
 ) -> FitResult:
     """Train `net` on the training set with `loss_fn`; by default `CE` on the hard labels.
 
     should_stop, report_every: as `train.fit`'s (the pruner's hook). precision: kdsweep.precision's
-    name; loader: how streamed inputs are read.
+    name; loader: how streamed inputs are read. augment: train.augment's nodes (kdsweep.augment), drawn
+    with a generator of their own seeded with `seed`.
     """
     labels = data.train.y
     optimizer = build_optimizer(make_optimizer, net.parameters(), lr=lr, weight_decay=weight_decay)  # fused where supported
     return fit(
-        net, data.train.x, loss_fn or (lambda logits, view, epoch: CE()(logits, None, labels[view.idx])), optimizer, data.val,
+        net, data.train.x, loss_fn or method_loss(CE(), labels), optimizer, data.val,
         epochs=epochs, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-        max_shift=max_shift, progress=sys.stderr.isatty(), description=description,
+        max_shift=max_shift, augment=augmentation(augment), augment_seed=seed, progress=sys.stderr.isatty(), description=description,
         should_stop=should_stop, report_every=report_every, precision=precision_for(precision), loader=loader,
         device=next(net.parameters()).device,
     )
@@ -138,16 +147,21 @@ def network_spec(arch: dict[str, Any], factory: NetFactory) -> dict[str, Any]:
     return {**arch, "code": code_fingerprint(factory)}
 
 
+def teacher_spec(settings: TrialSettings, data: Dataset) -> dict[str, Any]:
+    """The trained teacher's cache spec (for a teacher network; teacher.logits files have their own)."""
+    # "logits": entries hold the teacher's logits too (older entries, weights only, are not reused).
+    return {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
+            "train": asdict(settings.teacher), "optimizer": settings.optimizer, "logits": True}
+
+
 def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherLogits, dict[str, Any]]:
     """The frozen teacher's logits on train/val/test, and facts about where the teacher came from."""
     t = settings.teacher
     if t.logits:
         return _teacher_logits_from_file(settings, data)
-    # "logits": entries hold the teacher's logits too (older entries, weights only, are not reused).
-    spec = {"data": data_spec(settings, data), "arch": network_spec(settings.teacher_arch, settings.make_teacher),
-            "train": asdict(t), "optimizer": settings.optimizer, "logits": True}
+    spec = teacher_spec(settings, data)
     key = cache.spec_key(spec)
-    if key in _TEACHER_LOGITS:
+    if key in _TEACHER_LOGITS and (not settings.train.augment or key in _TEACHER_NETS):
         logits, info = _TEACHER_LOGITS[key]
         # on this trial's device: a process's trials may each claim another GPU (kdsweep.devices)
         logits = TeacherLogits(*(t.to(settings.device) for t in (logits.train, logits.val, logits.test)))
@@ -180,6 +194,8 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
                     "logits": {split: getattr(logits, split).cpu() for split in ("train", "val", "test")}}
 
         entry, hit = cache.load_or_build(settings.cache_dir, "teacher", spec, build)
+        if hit:  # the network too, for a student whose teacher runs on its augmented views
+            freeze(net).load_state_dict(entry["state_dict"])
         logits = TeacherLogits(*(entry["logits"][split].to(settings.device) for split in ("train", "val", "test")))
         source = "cache" if hit else "trained"
     info = {
@@ -191,6 +207,8 @@ def get_teacher_logits(settings: TrialSettings, data: Dataset) -> tuple[TeacherL
         "teacher_seconds": time.perf_counter() - start,
     }
     _TEACHER_LOGITS[key] = (logits, info)
+    if settings.train.augment:  # kept only for a student whose teacher runs on its views: a large teacher holds memory
+        _TEACHER_NETS[key] = freeze(net)
     return logits, info
 
 
@@ -235,11 +253,15 @@ def trial_inputs(settings: TrialSettings) -> TrialInputs:
     # Checked before the teacher trains: a bad train.labels costs nothing.
     count = labelled_count(settings.train.labels, len(data.train), settings.data["name"])
     labelled = None if count is None else labelled_indices(data.train.y, count, settings.data.get("split_seed", 0))
+    augment = augmentation(settings.train.augment)
+    if augment is not None:  # likewise: transforms that do not fit the inputs fail before the teacher trains
+        augment.check(data.train.x[:2])
     if not settings.loss.needs_teacher:
         return TrialInputs(data, None, {}, timings, labelled)
     logits, info = get_teacher_logits(settings, data)
     timings.update(teacher_seconds=info["teacher_seconds"], teacher_source=info["teacher_source"])
-    return TrialInputs(data, logits, info, timings, labelled)
+    net = None if augment is None else _TEACHER_NETS[cache.spec_key(teacher_spec(settings, data))]
+    return TrialInputs(data, logits, info, timings, labelled, net)
 
 
 def new_student(settings: TrialSettings, data: Dataset) -> nn.Module:
@@ -274,13 +296,11 @@ def fit_student(
     should_stop: the pruner's hook, called every `settings.pruning.report_every` epochs.
     """
     data, teacher, mask = student_view(settings, inputs)
-    method, labels = settings.loss, data.train.y
-    teacher_train = None if teacher is None else teacher.train
-
-    def loss_fn(s: torch.Tensor, view: View, epoch: int) -> LossParts:
-        idx = view.idx
-        return method(s, None if teacher_train is None else teacher_train[idx], labels[idx],
-                      None if mask is None else mask[idx], epoch=epoch)
+    if inputs.teacher_net is not None:  # an augmenting student: the teacher runs on the same view (kdsweep.views)
+        targets = TeacherOnView(inputs.teacher_net, settings.precision)
+    else:
+        targets = None if teacher is None else fixed_targets(teacher.train)
+    loss_fn = method_loss(settings.loss, data.train.y, mask, targets)
 
     report_every = settings.pruning.report_every if settings.pruning is not None else 1
     return train_network(student, data, settings.make_optimizer, loss_fn, **settings.student_schedule,
@@ -377,6 +397,8 @@ def finish_trial(
             "precision": settings.precision.name,
             "data_path": "streamed" if is_streamed(data.train.x) else "in-memory",  # kdsweep.streaming
             "fused_optimizer": result.fused_optimizer,  # kdsweep.optimizers: fused where the device supports it
+            "augment": list(settings.train.augment or []),  # train.augment's transforms (kdsweep.augment)
+            "teacher_view": teacher_view(settings.train.augment, settings.loss.needs_teacher),  # kdsweep.views
         },
         # "pruned": the pruner stopped it after results.epoch_reached epochs; its results are those of
         # the best epoch up to then, and it raises TrialPruned after writing this file.

@@ -29,6 +29,9 @@ LIBRARIES = frozenset({"kdsweep", "hydra_plugins", "torch", "torchvision", "optu
 def select(tree: Mapping[str, Any], dotted: str) -> Any:
     """`tree[a][b][c]` for `a.b.c`; None where a part is missing."""
     for part in dotted.split("."):
+        if isinstance(tree, list) and part.isdigit():  # an item of a list (train.augment.0._target_)
+            tree = tree[int(part)] if int(part) < len(tree) else None
+            continue
         if not isinstance(tree, Mapping):
             return None
         tree = tree.get(part)  # type: ignore[assignment]
@@ -51,6 +54,9 @@ def _targets(tree: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield f"{prefix}_target_", tree["_target_"]
         for key, value in tree.items():
             yield from _targets(value, f"{prefix}{key}.")
+    elif isinstance(tree, list):  # train.augment: a list of transforms, each maybe the user's own
+        for i, value in enumerate(tree):
+            yield from _targets(value, f"{prefix}{i}.")
 
 
 def user_inputs(config: Mapping[str, Any], swept: Sequence[str] = ()) -> dict[str, str]:

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # optuna is imported only when a study is read
 SIZE = ["data", "student_arch", "student_width", "student_depth", "student_params"]
 # labels, transfer_set: how many training examples had a hard label and what the student learnt from
 # (train.labels, kdsweep.labels); missing (NaN) where every example had its label.
-SETTINGS = ["train_size", "labels", "transfer_set", "epochs", "batch_size", "lr"]
+# augment: the student's transforms (train.augment) as text, missing where it had none.
+SETTINGS = ["train_size", "labels", "transfer_set", "epochs", "batch_size", "lr", "augment"]
 STUDENT = SIZE + SETTINGS
 # A metrics.json is complete when it holds at least these (a crashed or running trial has no file).
 REQUIRED = {"config": ("loss", "data", "seed"), "results": ("best_val_acc", "test_acc"), "timings": ()}
@@ -147,9 +148,15 @@ def _read_trial(folder: Path, stacklevel: int = 5) -> dict[str, Any] | None:
 def loss_columns(config: dict[str, Any]) -> dict[str, Any]:
     """The trial's config with its loss method's hyperparameters (`loss_params`) as columns `loss.KEY`,
     the config keys a sweep sets. KD's temperature and alpha keep the columns `temperature` and `alpha`
-    that metrics.json has always had (set for KD only), and are not repeated as `loss.temperature`."""
+    that metrics.json has always had (set for KD only), and are not repeated as `loss.temperature`.
+    The student's transforms (`augment`, a list) become one text column, absent for none."""
     config = dict(config)
     params = config.pop("loss_params", None) or {}
+    augment = config.pop("augment", None)  # a list: text, so that trials group by it (absent when empty)
+    if augment:
+        config["augment"] = " + ".join(
+            node.get("_target_", "?").rsplit(".", 1)[-1] + "(" + ", ".join(f"{k}={v}" for k, v in sorted(node.items())
+                                                                          if k != "_target_") + ")" for node in augment)
     return {**config, **{f"{LOSS_PREFIX}{k}": v for k, v in params.items()
                          if not (k in KD_COLUMNS and config.get(k) is not None)}}
 
