@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from kdsweep.errors import ConfigError
 from kdsweep.augment import augmentation
+from kdsweep.errors import ConfigError
 from kdsweep.batches import LoaderSettings
 from kdsweep.labels import check_labels
 from kdsweep.precision import precision_for
@@ -83,13 +81,6 @@ class TeacherSettings:
                  self.max_shift, "an integer >= 0 (pixels)")
         _require(_is_int(self.seed), "model.teacher.seed", self.seed, "an integer")
         return self
-
-
-def resolve_device(name: str | list[str]) -> torch.device:
-    """train.device's first device (kdsweep.devices.device_names checks it); ConfigError if it is bad."""
-    from kdsweep.devices import device_names
-
-    return torch.device(device_names(name)[0])
 
 
 def loader_settings(values: dict | None) -> LoaderSettings:

@@ -92,8 +92,6 @@ def weights_blob(net: nn.Module) -> bytes:
 def save_student(folder: Path, student: nn.Module, manifest: dict[str, Any]) -> Path:
     """Write `folder/student.pt` (the state dict, on the CPU) and `folder/student.json` (the manifest
     with the weights' SHA-256 and size), each atomically, the weights first. Returns the weights' path."""
-    import torch
-
     from kdsweep import cache
 
     blob = weights_blob(student)

@@ -260,7 +260,8 @@ def trial_inputs(settings: TrialSettings) -> TrialInputs:
         return TrialInputs(data, None, {}, timings, labelled)
     logits, info = get_teacher_logits(settings, data)
     timings.update(teacher_seconds=info["teacher_seconds"], teacher_source=info["teacher_source"])
-    net = None if augment is None else _TEACHER_NETS[cache.spec_key(teacher_spec(settings, data))]
+    # on this trial's device, as the logits above: a process's trials may each claim another GPU
+    net = None if augment is None else _TEACHER_NETS[cache.spec_key(teacher_spec(settings, data))].to(settings.device)
     return TrialInputs(data, logits, info, timings, labelled, net)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, read_metrics, run_cli
+from conftest import TINY, run_cli
 from kdsweep.errors import ConfigError
 from kdsweep.methods import KD, make_loss
 

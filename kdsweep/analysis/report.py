@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kdsweep.analysis import importance, plots, tables, tradeoff
-from kdsweep.analysis.intervals import Interval, describe, evidence, paired_interval, points
+from kdsweep.analysis.intervals import Interval, describe, points
 from kdsweep.analysis.loading import STUDENT, describe_sweep, latest_sweep, load_trials, open_study, study_trials
 
 if TYPE_CHECKING:
