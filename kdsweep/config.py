@@ -99,4 +99,6 @@ def loader_settings(values: dict | None) -> LoaderSettings:
              settings.persistent_workers, "true or false")
     _require(settings.prefetch_factor is None or (_is_int(settings.prefetch_factor) and settings.prefetch_factor >= 1),
              "train.loader.prefetch_factor", settings.prefetch_factor, "an integer >= 1, or null for the default")
+    _require(settings.prefetch_factor is None or settings.num_workers > 0, "train.loader.prefetch_factor",
+             settings.prefetch_factor, "null when train.loader.num_workers=0 (batches are read ahead by workers only)")
     return settings

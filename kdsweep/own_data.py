@@ -30,6 +30,18 @@ from kdsweep.torch_files import load_torch_file
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 SPLITS = ("train", "val", "test")
 SOURCES = ("file", "function", "npy", "image_folder")
+# The data node's keys each source reads (data.teacher_epochs and data.student_epochs feed the epochs'
+# defaults and never reach here); None: a built-in set. Any other key is refused, so that a misspelt
+# one (+data.subst=300) is not silently ignored.
+_OWN_KEYS = {"name", "source", "num_classes", "val_size", "val_fraction", "split_seed", "standardize", "allow_overlap",
+             "subset", "stream", "memory_budget_mb"}
+DATA_KEYS = {
+    None: {"name", "root", "subset", "val_fraction", "test_fraction", "val_size", "split_seed", "stream", "memory_budget_mb"},
+    "file": _OWN_KEYS | {"path"},
+    "npy": _OWN_KEYS | {"path"},
+    "function": _OWN_KEYS | {"loader"},
+    "image_folder": _OWN_KEYS | {"root", "image_size", "grayscale"},
+}
 
 # Loaded data sets, per spec and contents: every trial of an in-process sweep shares one.
 _LOADED: dict[str, Dataset] = {}
@@ -45,7 +57,8 @@ def read_array_file(path: Path, key: str) -> dict[str, np.ndarray]:
     a file cut short, object arrays, pickled objects): `kdsweep.torch_files` opens the .pt files.
     """
     if not path.is_file():
-        raise DataError(f"{key}={path} does not exist or is not a file.")
+        hint = " (a folder of .npy files is data=npy)" if key == "data.path" and path.is_dir() else ""
+        raise DataError(f"{key}={path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}{hint}.")
     if path.suffix == ".npz":
         with open(path, "rb") as f:
             head = f.read(8)
@@ -207,7 +220,12 @@ def _stack_dataset(dataset: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     """A map-style torch Dataset of (x, y) items as two arrays, read once."""
     try:
         items = [dataset[i] for i in range(len(dataset))]
-        xs = np.stack([as_array(x) for x, _ in items]) if items else np.empty((0, 1))
+        inputs = [as_array(x) for x, _ in items]
+        shapes = sorted({x.shape for x in inputs})
+        if len(shapes) > 1:  # the streamed path's message (kdsweep.streaming)
+            raise DataError(f"{where}: its items have different shapes {shapes[:3]}; every input must have one shape "
+                            "(an image folder: set data.image_size).")
+        xs = np.stack(inputs) if items else np.empty((0, 1))
         # Each label as it is (int(2.7) would be a silent 2): check_split refuses a non-integer dtype.
         ys = np.asarray([as_array(y).item() for _, y in items]) if items else np.empty(0, np.int64)
     except DataError:  # already one paragraph naming its file (an image that cannot be decoded)
@@ -250,6 +268,18 @@ def _arrays_fingerprint(arrays: Mapping[str, Any]) -> str:
         array = np.ascontiguousarray(np.asarray(arrays[key]))
         digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
         digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:20]
+
+
+def datasets_fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
+    """A hash of the stacked items of a data function's Datasets: per split (train, val, test), its
+    inputs' bytes, then its labels as int64; `streamed_data` hashes the same bytes item by item, so the
+    data are the same whether they are held in memory or streamed (their teacher and baseline too)."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        if f"x_{split}" in arrays:
+            digest.update(np.ascontiguousarray(arrays[f"x_{split}"]).tobytes())
+            digest.update(np.asarray(arrays[f"y_{split}"]).astype(np.int64).tobytes())
     return digest.hexdigest()[:20]
 
 
@@ -299,6 +329,12 @@ def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = Non
     from kdsweep import streamed_data
 
     source = spec.get("source")
+    if source in DATA_KEYS:
+        unknown = sorted(set(spec) - DATA_KEYS[source])
+        if unknown:
+            what = f"data.source={source}" if source else f"the built-in data set data.name={spec.get('name')}"
+            raise ConfigError(f"data holds {unknown}, which {what} does not read; its keys are "
+                              f"{sorted(DATA_KEYS[source] | {'teacher_epochs', 'student_epochs'})}.")
     if source is None:
         streamed_data.refuse_stream(spec, f"data.name={spec.get('name')}")
         data = load_data(**{k: v for k, v in spec.items() if k not in ("loader", *streamed_data.STREAM_KEYS)})
@@ -319,7 +355,7 @@ def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = Non
         streamed_data.refuse_stream(spec, f"data.path={spec['path']} (a .npz or .pt file; data=npy streams a folder of .npy files)")
         path = Path(spec["path"])
         if not path.is_file():
-            raise DataError(f"data.path={path} does not exist or is not a file.")
+            read_array_file(path, "data.path")  # raises the message for a missing file or a folder
         fingerprint = file_fingerprint(path, index_dir)
         memo += fingerprint
         if memo not in _LOADED:
@@ -346,7 +382,8 @@ def load_dataset(spec: Mapping[str, Any], loader: Callable[[], Any] | None = Non
             why = "arrays returned by the function"
         arrays = arrays_from_function(loader, target, result)
         data = dataset_from_arrays(arrays, spec, f"the data of data.loader._target_={target}")
-        _LOADED[memo] = dataclasses.replace(data, fingerprint=_arrays_fingerprint(arrays), reading=f"data: in memory: {why}")
+        fingerprint = datasets_fingerprint(arrays) if "train" in result else _arrays_fingerprint(arrays)
+        _LOADED[memo] = dataclasses.replace(data, fingerprint=fingerprint, reading=f"data: in memory: {why}")
     return _logged(_LOADED[memo])
 
 

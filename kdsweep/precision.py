@@ -15,12 +15,14 @@ import torch
 
 from kdsweep.errors import ConfigError
 
-PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# Lightning's other spellings of the same precisions (its older short names among them).
+ALIASES = {"32-true": "32", "bf16": "bf16-mixed", "16": "16-mixed"}
 
 
 @dataclass(frozen=True)
 class Precision:
-    """One of PRECISIONS; `name` as the user wrote it, normalised ('32-true' and 32 -> '32')."""
+    """One of PRECISIONS; `name` as the user wrote it, normalised (ALIASES: '32-true' -> '32', 'bf16' -> 'bf16-mixed', 16 -> '16-mixed')."""
 
     name: str = "32"
 
@@ -46,10 +48,10 @@ class Precision:
 def precision_for(name: object) -> Precision:
     """train.precision as a Precision; ConfigError naming the allowed values otherwise."""
     text = str(name)
-    if isinstance(name, bool) or text not in PRECISIONS:
+    if isinstance(name, bool) or text not in {**PRECISIONS, **ALIASES}:
         raise ConfigError(f"train.precision must be one of 32, bf16-mixed, 16-mixed (PyTorch Lightning's names; "
-                          f"32-true is 32), but got train.precision={name!r}.")
-    return Precision("32" if text == "32-true" else text)
+                          f"also 32-true, bf16 and 16 for the same), but got train.precision={name!r}.")
+    return Precision(ALIASES.get(text, text))
 
 
 def check_precision(precision: Precision, device: torch.device) -> None:

@@ -124,7 +124,8 @@ def load_npy_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Dataset:
         raise ConfigError(f"data.path must name a folder of .npy files, but got data.path={spec.get('path')!r}.")
     folder = Path(spec["path"])
     if not folder.is_dir():
-        raise DataError(f"data.path={folder} is not a folder; data=npy reads x_train.npy, y_train.npy, x_test.npy, "
+        what = "does not exist" if not folder.exists() else "is a file, not a folder (a .npz or .pt file is data=arrays)"
+        raise DataError(f"data.path={folder} {what}; data=npy reads x_train.npy, y_train.npy, x_test.npy, "
                         "y_test.npy (and optionally x_val.npy, y_val.npy) from a folder.")
     where = f"the folder data.path={folder}"
     paths = _npy_paths(folder)
@@ -157,25 +158,31 @@ def _shape_only(reader: DatasetReader, n: int) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype=reader.source_dtype), (n, *reader.item_shape))
 
 
-def _labels(dataset: Any, where: str, digest: Any) -> np.ndarray:
-    """A Dataset's labels: its `.targets` where it has them, else one pass over its items (inputs and
-    labels hashed into `digest` on the way)."""
-    targets = getattr(dataset, "targets", None)
+def _labels(dataset: Any, where: str, digest: Any, hash_inputs: bool) -> np.ndarray:
+    """A Dataset's labels, hashed into `digest` after its inputs when `hash_inputs` (one pass over its
+    items, the labels read from them), else its `.targets` where it has them (an image folder, whose
+    files are hashed instead). The digest equals `own_data.datasets_fingerprint`'s of the stacked items,
+    so a Dataset is the same data streamed and in memory."""
+    targets = None if hash_inputs else getattr(dataset, "targets", None)
     try:
         if targets is not None:
             labels = as_array(targets).reshape(-1)
-            digest.update(f"targets:{len(dataset)};".encode())
-            digest.update(np.ascontiguousarray(labels).tobytes())
-            return labels
-        labels = []
-        for i in range(len(dataset)):
-            x, y = dataset[i]
-            digest.update(np.ascontiguousarray(as_array(x)).tobytes())
-            labels.append(as_array(y).item())  # as it is: check_split refuses a float label
-        return np.asarray(labels) if labels else np.empty(0, np.int64)
+        else:
+            items = []
+            for i in range(len(dataset)):
+                x, y = dataset[i]
+                if hash_inputs:
+                    digest.update(np.ascontiguousarray(as_array(x)).tobytes())
+                items.append(as_array(y).item())  # as it is: check_split refuses a float label
+            labels = np.asarray(items) if items else np.empty(0, np.int64)
+    except DataError:
+        raise
     except Exception as e:  # the user's Dataset (its __getitem__ is their code): one paragraph naming it
         raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
                         f"integer label: {type(e).__name__}: {e}") from e
+    if np.issubdtype(labels.dtype, np.integer):
+        digest.update(labels.astype(np.int64).tobytes())
+    return labels
 
 
 def datasets_dataset(datasets: Mapping[str, Any], spec: Mapping[str, Any], where: str, what: str,
@@ -183,9 +190,9 @@ def datasets_dataset(datasets: Mapping[str, Any], spec: Mapping[str, Any], where
     """(streamed data from one map-style Dataset per split (train, test[, val]), or None where data.stream
     chooses memory (the caller then reads them whole), and data.stream's reason).
 
-    Labels come from each Dataset's `.targets` or one pass; the fingerprint hashes the labels and, for a
-    Dataset without `.targets`, every input (a Dataset with `.targets` is identified by its labels, its
-    length and `fingerprint_parts`, e.g. an image folder's file hashes).
+    The fingerprint hashes every input and label in one pass over the items (the same hash as the
+    in-memory path's), or, given `fingerprint_parts` (an image folder's file hashes), those and the
+    labels from `.targets`.
     """
     from kdsweep.own_data import check_arrays
 
@@ -203,8 +210,8 @@ def datasets_dataset(datasets: Mapping[str, Any], spec: Mapping[str, Any], where
         return None, why
     digest = hashlib.sha256("".join(fingerprint_parts or []).encode())
     arrays: dict[str, Any] = {}
-    for s, reader in readers.items():
-        arrays[f"y_{s}"] = _labels(datasets[s], f"{where}: {s!r}", digest)
+    for s, reader in readers.items():  # in SPLITS order, as own_data.datasets_fingerprint hashes them
+        arrays[f"y_{s}"] = _labels(datasets[s], f"{where}: {s!r}", digest, hash_inputs=fingerprint_parts is None)
         arrays[f"x_{s}"] = _shape_only(reader, len(datasets[s]))
     checked, num_classes = check_arrays(arrays, where, spec.get("num_classes"), convert=False)
     return streamed_dataset(readers, checked, num_classes, spec, where, digest.hexdigest()[:20], _reading(True, why)), why
@@ -275,6 +282,9 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
     grayscale = spec.get("grayscale", False)
     if grayscale not in (True, False):
         raise ConfigError(f"data.grayscale must be true or false, but got data.grayscale={grayscale!r}.")
+    if not root.is_dir():
+        raise DataError(f"data.root={root} {'is not a folder' if root.exists() else 'does not exist'}: an image folder "
+                        "holds train/CLASS/IMAGE and test/CLASS/IMAGE (and optionally val/CLASS/IMAGE), one folder per class.")
     missing = [s for s in ("train", "test") if not (root / s).is_dir()]
     if missing:
         raise DataError(f"data.root={root} lacks the folder(s) {missing}: an image folder holds train/CLASS/IMAGE and "
@@ -291,6 +301,10 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
     for s in SPLITS:
         if (root / s).is_dir():
             datasets[s] = ImageFolderDataset(root / s, classes[s], size, grayscale)
+            empty = sorted(set(classes[s]) - {classes[s][c] for c in datasets[s].targets})
+            if empty and len(datasets[s]):  # as torchvision's ImageFolder: a split would silently lack a class
+                raise DataError(f"{where}: the class folder(s) {[f'{s}/{c}' for c in empty]} hold no images (files ending "
+                                f"in {', '.join(IMAGE_EXTENSIONS)}); every split needs images of every class.")
             if not classes[s] or len(datasets[s]) == 0:
                 raise DataError(f"{where}: {s}/ holds no images in class folders (files ending in "
                                 f"{', '.join(IMAGE_EXTENSIONS)}, in {s}/CLASS/).")

@@ -224,6 +224,10 @@ class StreamedInputs:
                 self.dataset(), batch_sampler=sampler, num_workers=workers, collate_fn=_as_is,
                 pin_memory=pin_memory, persistent_workers=bool(settings.persistent_workers and workers > 0),
                 prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+                # Its own generator for the workers' base seed: without one, every epoch's iterator draws it
+                # from torch's global generator, and a network with dropout would then train differently
+                # streamed than in memory.
+                generator=torch.Generator().manual_seed(0),
             )
         loader = self._loaders[key]
         return loader, loader.batch_sampler

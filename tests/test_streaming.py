@@ -156,10 +156,62 @@ def test_a_users_datasets_stay_datasets_when_streamed(tmp_path, with_targets):
     memory = load_dataset({**spec, "stream": False}, lambda: made)
     assert isinstance(memory.train.x, torch.Tensor)
     assert torch.equal(data.train.x[:], memory.train.x) and torch.equal(data.val.y, memory.val.y)
-    # The contents fingerprint: every input where there are no .targets (one pass), else the labels.
-    changed = {**made, "train": Rows(arrays["x_train"] + (0 if with_targets else 1), arrays["y_train"], with_targets)}
-    other = load_dataset({**spec, "loader": {"_target_": f"other{with_targets}"}}, lambda: changed)
-    assert (other.fingerprint == data.fingerprint) == with_targets
+    # The contents fingerprint: every input and label (one pass, .targets or not), the same on both paths,
+    # so a teacher and a baseline trained on one path are the cache entries of the other.
+    assert data.fingerprint == memory.fingerprint
+    for changed_x, changed_y in ((arrays["x_train"] + 1, arrays["y_train"]), (arrays["x_train"], (arrays["y_train"] + 1) % 3)):
+        changed = {**made, "train": Rows(changed_x, changed_y, with_targets)}
+        for stream in (True, False):
+            other = load_dataset({**spec, "stream": stream, "loader": {"_target_": f"other{stream}{changed_y[0]}"}},
+                                 lambda: changed)
+            assert other.fingerprint != data.fingerprint
+
+
+@pytest.mark.parametrize("source", [None, "file", "npy", "function", "image_folder"])
+def test_a_key_the_data_source_does_not_read_is_refused(source):
+    """A misspelt key (`+data.subst=300`) would otherwise be ignored: the trial would train on all rows."""
+    spec = {"name": "mine", "subst": 300, **({"source": source} if source else {})}
+    what = f"data.source={source}" if source else "the built-in data set data.name=mine"
+    with pytest.raises(ConfigError, match=rf"^data holds \['subst'\], which {what} does not read; its keys are \[.*'subset'"):
+        load_dataset(spec, lambda: {})
+
+
+def test_a_misspelt_data_key_fails_in_one_line_and_leaves_no_run_folder(tmp_path):
+    proc = run_cli(tmp_path, "+data.subst=300", *SMALL, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("kdsweep: error: data holds ['subst'], which the built-in")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_users_datasets_give_the_same_trial_streamed_and_in_memory(tmp_path):
+    """The default CNN teacher has dropout, which draws from torch's global generator: reading streamed
+    inputs must draw nothing from it (a DataLoader's iterator would, for its workers' base seed)."""
+    module = (
+        "import numpy as np, torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "def data():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.normal(size=(150, 1, 8, 8)).astype('float32')\n"
+        "    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).astype('int64')\n"
+        "    t = lambda a, b: TensorDataset(torch.from_numpy(x[a:b]), torch.from_numpy(y[a:b]))\n"
+        "    return {'train': t(0, 110), 'test': t(110, 150)}\n")
+    common = ["data=function", "data.loader._target_=mydata.data", "data.val_size=20", "train.epochs=2",
+              "model.teacher.epochs=3", "train.num_threads=1"]
+    runs = {}
+    # shared: one cache, the streamed run finds the in-memory run's teacher; alone: its own cache, so the
+    # teacher (and its dropout) trains on streamed inputs.
+    for folder, name, stream in (("shared", "memory", False), ("shared", "streamed", True), ("alone", "alone", True)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "mydata.py").write_text(module)
+        run_cli(tmp_path / folder, *common, f"data.stream={stream}", f"hydra.run.dir={tmp_path / folder / name}")
+        runs[name] = read_metrics(tmp_path / folder / name)
+    assert runs["memory"]["config"]["data_path"] == "in-memory" and runs["streamed"]["config"]["data_path"] == "streamed"
+    assert runs["streamed"]["timings"]["teacher_source"] == "cache"
+    assert runs["alone"]["timings"]["teacher_source"] == "trained"
+    for name in ("streamed", "alone"):
+        assert runs[name]["history"] == runs["memory"]["history"]
+        assert runs[name]["results"] == runs["memory"]["results"]  # the teacher's accuracies included
 
 
 def test_a_users_dataset_with_float_labels_is_refused(tmp_path):
