@@ -362,3 +362,14 @@ def test_layers_that_autocast_keeps_in_float32_are_not_stacked_in_mixed_precisio
     assert batched.why_not_batchable(MLP((1, 8, 8), 10, width=16, depth=2), adam, bf16) is None
     assert batched.why_not_batchable(normed, adam) is None  # float32: vmap computes what the module does
     assert "the student has LayerNorm" in batched.why_not_batchable(normed, adam, bf16)
+
+
+def test_precision_takes_lightnings_names_and_their_short_forms():
+    """32-true, bf16 and 16 are Lightning's other spellings of 32, bf16-mixed and 16-mixed."""
+    for given, name in ((32, "32"), ("32-true", "32"), ("bf16", "bf16-mixed"), ("bf16-mixed", "bf16-mixed"),
+                        (16, "16-mixed"), ("16-mixed", "16-mixed")):
+        assert precision_for(given).name == name
+    assert precision_for("bf16").dtype is torch.bfloat16 and precision_for(16).dtype is torch.float16
+    for bad in ("8", "fp16", True, "64"):
+        with pytest.raises(ConfigError, match=r"^train.precision must be one of 32, bf16-mixed, 16-mixed"):
+            precision_for(bad)
