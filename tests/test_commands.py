@@ -98,7 +98,7 @@ def test_the_resume_command_printed_on_ctrl_c_resumes_the_same_study(tmp_path):
     proc = start_held(tmp_path, *HELD, "hydra/sweeper/sampler=grid", "loss.temperature=choice(2,4)", "loss.alpha=choice(0.5)")
     wait_for_held_trial(url, proc, tmp_path)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=180) == 130
     output = (tmp_path / "worker.out").read_text()
     line = output.split("Run the same command again to resume: finished trials are kept.\n", 1)[1].splitlines()[0].strip()
     name = the_study(url).study_name

@@ -214,7 +214,7 @@ def test_cancelled_and_crashed_tasks_fail_their_own_trials_and_an_interrupted_sw
         wait_for("the next batch to train", lambda: training(tmp_path, 2) and training(tmp_path, 3), proc)
         jobs = [job_of(tmp_path, 2), job_of(tmp_path, 3)]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        assert proc.wait(timeout=180) == 130
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -160,7 +160,7 @@ def test_an_interrupted_sweep_leaves_no_trial_running(tmp_path, sig):
     proc = start_held(tmp_path, *HELD, "hydra.sweeper.n_trials=3")
     wait_for_held_trial(url, proc, tmp_path)
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=180) == 130
     output = (tmp_path / "worker.out").read_text()
     assert "Run the same command again to resume" in output
     trials = the_study(url).get_trials()
