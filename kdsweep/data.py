@@ -63,6 +63,8 @@ class Dataset:
     fingerprint: str | None = None
     # Which path the inputs take (in memory, or streamed: kdsweep.streaming) and why, for the log.
     reading: str | None = None
+    # The name of each class index where the source has names (an image folder's class folders); None: none.
+    class_names: tuple[str, ...] | None = None
 
     def to(self, device: torch.device) -> Dataset:
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))

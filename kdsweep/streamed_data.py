@@ -316,10 +316,10 @@ def load_image_folder(spec: Mapping[str, Any], index_dir: Path | None) -> Datase
     data, why = datasets_dataset(datasets, spec, where, what, parts)
     fingerprint = _combined(parts)
     if data is not None:
-        return dataclasses.replace(data, fingerprint=fingerprint)
+        return dataclasses.replace(data, fingerprint=fingerprint, class_names=tuple(classes["train"]))
     # Small: decoded once into memory and stacked, as a data function's Datasets are, then checked and split.
     arrays: dict[str, np.ndarray] = {}
     for s, d in datasets.items():
         arrays[f"x_{s}"], arrays[f"y_{s}"] = _stack_dataset(d, f"{where}: {s}/")
     return dataclasses.replace(dataset_from_arrays(arrays, spec, where), fingerprint=fingerprint,
-                               reading=_reading(False, why))
+                               reading=_reading(False, why), class_names=tuple(classes["train"]))

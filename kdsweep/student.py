@@ -69,6 +69,8 @@ def manifest_for(settings: TrialSettings, inputs: TrialInputs, metrics: dict[str
         "input_shape": list(data.input_shape),
         "input_dtype": str(data.test.x.dtype).removeprefix("torch."),
         "num_classes": data.num_classes,
+        # output index -> class name where the data name their classes (an image folder's folders), else null
+        "class_names": None if data.class_names is None else list(data.class_names),
         "data": data_spec(settings, data),
         "trial": int(output_dir.name) if output_dir.name.isdigit() else None,
         "status": metrics["status"],

@@ -3,6 +3,7 @@ a data function's Datasets kept as Datasets; the same trial streamed or in memor
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -268,6 +269,8 @@ def test_an_image_folder_sweep_streams_and_records_it(tmp_path):
     for path in trials:
         metrics = read_metrics(path.parent)
         assert metrics["config"]["data_path"] == "streamed" and metrics["config"]["train_size"] == 14
+        # the deployed student's outputs map back to the folders' names (classes by sorted name)
+        assert json.loads((path.parent / "student.json").read_text())["class_names"] == ["a", "b", "c"]
 
 
 # --------------------------------------------------------------------------------- through the CLI
