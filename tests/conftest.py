@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The tests press Ctrl-C (SIGINT) on the sweeps they start, as a terminal does. A test run started in
+# the background by a non-interactive shell (`.ci/run &`) has SIGINT ignored, and an ignored signal is
+# inherited by every process it starts, so their Ctrl-C would do nothing: the test process takes it back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 CONF = REPO / "kdsweep" / "conf"
 
 # float32's machine epsilon (torch.finfo(torch.float32).eps): the relative rounding of one operation.
