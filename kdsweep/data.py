@@ -165,6 +165,13 @@ def check_classes(labels: dict[str, np.ndarray], num_classes: int | None, where:
     high = max(int(y.max()) for y in labels.values())
     if num_classes is None:
         num_classes = high + 1
+        train_high = int(labels["y_train"].max()) if "y_train" in labels else high
+        if train_high < high:  # counted from a label no training example has: a student would learn a class it never sees
+            name, y = next((n, y) for n, y in labels.items() if int(y.max()) == high)
+            row = int(np.flatnonzero(y == high)[0])
+            raise DataError(f"{where}: {name} holds the label {high} at row {row}, but the training labels run only up to "
+                            f"{train_high}; counting the classes as the largest label + 1 ({why}) would add classes no "
+                            "training example has. Fix the labels, or set data.num_classes if those classes are genuine.")
     if low < 0 or high >= num_classes:
         name, y = next((n, y) for n, y in labels.items() if y.min() < 0 or y.max() >= num_classes)
         row = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])

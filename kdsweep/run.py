@@ -28,6 +28,10 @@ from kdsweep.pruning import TRIAL_ENV, PruningSettings, pruning_settings
 if TYPE_CHECKING:
     from kdsweep.trial import TrialSettings
 
+# The config's top-level keys: the groups, the run's own settings, and a method comparison's
+# (+study=compare_methods, read by kdsweep.compare).
+TOP_KEYS = ("data", "model", "loss", "seed", "cache_dir", "baseline", "keep_students", "teacher", "train", "compare")
+
 # The exit status of a single run whose trial was pruned (its metrics.json is written): not a
 # failure (1), not a finished run (0).
 EXIT_PRUNED = 3
@@ -96,6 +100,10 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
         raise ConfigError(f"{', '.join(missing)} must be given on the command line or in your config (the config "
                           "leaves it as ???): e.g. data=arrays data.path=my_data.npz, or data=function "
                           "data.loader._target_=my_module.my_data.")
+    unknown = sorted(set(cfg) - set(TOP_KEYS))
+    if unknown:  # `+seeed=1`, as Hydra's hint for `seeed=1` suggests, would otherwise run with the default seed
+        raise ConfigError(f"the config holds {unknown} at its top level, which kdsweep does not know; its top-level "
+                          f"keys are {sorted(TOP_KEYS)}.")
     for key, ok, allowed in (("seed", isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), "an integer"),
                              ("baseline", isinstance(cfg.baseline, bool), "true or false"),
                              ("cache_dir", isinstance(cfg.cache_dir, str) and cfg.cache_dir != "", "a folder path"),
@@ -107,7 +115,8 @@ def settings_from_config(cfg: DictConfig) -> TrialSettings:
     train_values = _plain(cfg.train, "train", (*train_fields, "optimizer"))
     train = TrainSettings(**{k: v for k, v in train_values.items() if k != "optimizer"}).checked()
     teacher_node = cfg.model.teacher
-    paths = {k: (to_absolute_path(v) if isinstance(v, str) and v else v) for k, v in cfg.teacher.items()}
+    paths = {k: (to_absolute_path(v) if isinstance(v, str) and v else v)
+             for k, v in _plain(cfg.teacher, "teacher", ("checkpoint", "logits")).items()}
     schedule = {k: v for k, v in _plain(teacher_node, "model.teacher", ("net", *(f.name for f in fields(TeacherSettings)))).items()
                 if k != "net"}
     teacher = TeacherSettings(**{f.name: None for f in fields(TeacherSettings)} | schedule | paths).checked()

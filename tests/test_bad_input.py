@@ -440,3 +440,16 @@ def test_a_corrupt_cache_entry_is_detected_and_rebuilt_with_a_warning(tmp_path, 
     assert read_metrics(tmp_path / "run")["timings"]["teacher_source"] == "trained"
     rebuilt = torch.load(entry, weights_only=True)  # whole again, and made for its own key
     assert "state_dict" in rebuilt["payload"] and rebuilt["spec"]["arch"]["_target_"] == "kdsweep.models.SmallCNN"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+seeed=1", "the config holds ['seeed'] at its top level, which kdsweep does not know; its top-level keys are "),
+    ("+teacher.logit=x.npz", "teacher holds ['logit'], which kdsweep does not know; the keys of teacher are "
+                             "['checkpoint', 'logits']."),
+])
+def test_a_misspelt_key_hydra_lets_in_with_plus_is_refused(tmp_path, override, message):
+    """Hydra's own hint for a key it does not know is to add it with `+`; kdsweep must not then ignore it."""
+    proc = run_cli(tmp_path, override, "train.epochs=1", "model.teacher.epochs=1", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("kdsweep: error: " + message)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -215,6 +215,21 @@ def test_a_users_datasets_give_the_same_trial_streamed_and_in_memory(tmp_path):
         assert runs[name]["results"] == runs["memory"]["results"]  # the teacher's accuracies included
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_test_label_no_training_example_has_is_refused_when_classes_are_counted(tmp_path, stream):
+    arrays = write_npy_set(tmp_path / "d", n_train=30, n_test=10)
+    y_test = arrays["y_test"].copy()
+    y_test[3] = int(arrays["y_train"].max()) + 7
+    made = {"train": Rows(arrays["x_train"], arrays["y_train"], False), "test": Rows(arrays["x_test"], y_test, False)}
+    spec = {"name": "f", "source": "function", "loader": {"_target_": f"extra{stream}"}, "val_size": 5, "stream": stream}
+    with pytest.raises(DataError, match=rf"y_test holds the label {y_test[3]} at row 3, but the training labels run only "
+                                        rf"up to {arrays['y_train'].max()}.* set data.num_classes"):
+        load_dataset(spec, lambda: made)
+    # a class count given by the user is theirs: the label is then in range and accepted
+    assert load_dataset({**spec, "num_classes": int(y_test[3]) + 1, "loader": {"_target_": f"given{stream}"}},
+                        lambda: made).num_classes == y_test[3] + 1
+
+
 def test_a_users_dataset_with_float_labels_is_refused(tmp_path):
     arrays = write_npy_set(tmp_path / "d", n_train=30, n_test=10)
     made = {s: Rows(arrays[f"x_{s}"], arrays[f"y_{s}"].astype(float) + 0.5, False) for s in ("train", "test")}
