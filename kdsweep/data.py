@@ -11,8 +11,10 @@ import functools
 import gzip
 import importlib.util
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,6 +105,24 @@ def read_idx(path: Path) -> np.ndarray:
 def as_array(value: object) -> np.ndarray:
     """A numpy view of an array, list or tensor (detached: a tensor may require grad)."""
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def dataset_items(dataset: Any, where: str) -> Iterator[tuple[np.ndarray, Any]]:
+    """Each (x, y) item of a map-style torch Dataset, in order: x as an array, y as the Python number it
+    holds (as it is: check_split refuses a float label; int(2.7) would be a silent 2).
+
+    The Dataset's __getitem__ is the user's code: whatever it raises becomes one DataError naming
+    `where`, except a DataError, which already names its file (an image that cannot be decoded).
+    """
+    try:
+        for i in range(len(dataset)):
+            x, y = dataset[i]
+            yield as_array(x), as_array(y).item()
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
+                        f"integer label: {type(e).__name__}: {e}") from e
 
 
 def check_split(x: np.ndarray, y: np.ndarray, where: str, x_name: str, y_name: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdsweep.data import Dataset, Split, as_array, check_classes, check_split, load_data, take_subset
+from kdsweep.data import Dataset, Split, as_array, check_classes, dataset_items, check_split, load_data, take_subset
 from kdsweep.errors import ConfigError, DataError
 from kdsweep.torch_files import load_torch_file
 
@@ -217,22 +217,14 @@ def dataset_from_arrays(arrays: Mapping[str, Any], spec: Mapping[str, Any], wher
 
 
 def _stack_dataset(dataset: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A map-style torch Dataset of (x, y) items as two arrays, read once."""
-    try:
-        items = [dataset[i] for i in range(len(dataset))]
-        inputs = [as_array(x) for x, _ in items]
-        shapes = sorted({x.shape for x in inputs})
-        if len(shapes) > 1:  # the streamed path's message (kdsweep.streaming)
-            raise DataError(f"{where}: its items have different shapes {shapes[:3]}; every input must have one shape "
-                            "(an image folder: set data.image_size).")
-        xs = np.stack(inputs) if items else np.empty((0, 1))
-        # Each label as it is (int(2.7) would be a silent 2): check_split refuses a non-integer dtype.
-        ys = np.asarray([as_array(y).item() for _, y in items]) if items else np.empty(0, np.int64)
-    except DataError:  # already one paragraph naming its file (an image that cannot be decoded)
-        raise
-    except Exception as e:  # the user's Dataset (its __getitem__ is their code): one paragraph that names it
-        raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
-                        f"integer label: {type(e).__name__}: {e}") from e
+    """A map-style torch Dataset of (x, y) items as two arrays, read once (`data.dataset_items`)."""
+    items = list(dataset_items(dataset, where))
+    shapes = sorted({x.shape for x, _ in items})
+    if len(shapes) > 1:  # the streamed path's message (kdsweep.streaming)
+        raise DataError(f"{where}: its items have different shapes {shapes[:3]}; every input must have one shape "
+                        "(an image folder: set data.image_size).")
+    xs = np.stack([x for x, _ in items]) if items else np.empty((0, 1))
+    ys = np.asarray([y for _, y in items]) if items else np.empty(0, np.int64)
     return xs, ys
 
 

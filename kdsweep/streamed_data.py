@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdsweep.data import Dataset, Split, as_array, take_subset
+from kdsweep.data import Dataset, Split, as_array, dataset_items, take_subset
 from kdsweep.errors import ConfigError, DataError
 from kdsweep.streaming import DatasetReader, NpyArray, NpyReader, RowReader, StreamedInputs
 
@@ -164,22 +164,19 @@ def _labels(dataset: Any, where: str, digest: Any, hash_inputs: bool) -> np.ndar
     files are hashed instead). The digest equals `own_data.datasets_fingerprint`'s of the stacked items,
     so a Dataset is the same data streamed and in memory."""
     targets = None if hash_inputs else getattr(dataset, "targets", None)
-    try:
-        if targets is not None:
+    if targets is not None:
+        try:
             labels = as_array(targets).reshape(-1)
-        else:
-            items = []
-            for i in range(len(dataset)):
-                x, y = dataset[i]
-                if hash_inputs:
-                    digest.update(np.ascontiguousarray(as_array(x)).tobytes())
-                items.append(as_array(y).item())  # as it is: check_split refuses a float label
-            labels = np.asarray(items) if items else np.empty(0, np.int64)
-    except DataError:
-        raise
-    except Exception as e:  # the user's Dataset (its __getitem__ is their code): one paragraph naming it
-        raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
-                        f"integer label: {type(e).__name__}: {e}") from e
+        except Exception as e:  # the user's attribute: one paragraph naming it, as dataset_items does
+            raise DataError(f"{where} must be a map-style torch Dataset of (x, y) items with x of one shape and y an "
+                            f"integer label: {type(e).__name__}: {e}") from e
+    else:
+        items = []
+        for x, y in dataset_items(dataset, where):
+            if hash_inputs:
+                digest.update(np.ascontiguousarray(x).tobytes())
+            items.append(y)
+        labels = np.asarray(items) if items else np.empty(0, np.int64)
     if np.issubdtype(labels.dtype, np.integer):
         digest.update(labels.astype(np.int64).tobytes())
     return labels
